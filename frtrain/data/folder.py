@@ -1,0 +1,174 @@
+"""Identity-folder training data: ``root/<identity>/<image>`` (CASIA-WebFace, MS1M image-folder layout).
+
+Labels are the positions of the identity folder names in sorted order. The file list is cached
+(``<cache_dir>/index/<hash of root>.npz``) and reused while no identity folder changes, so that a
+5.8M-image tree is not rescanned at every start. Paths are kept in numpy byte arrays, not Python
+lists, so DataLoader workers share them without copy-on-write growth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from frtrain.data.images import IMAGE_EXTENSIONS, CorruptImageError, read_image, resize_to
+from frtrain.data.transforms import apply_augment, build_augment, to_chw_tensor
+from frtrain.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+_INDEX_VERSION = 1
+_MAX_CORRUPT_IN_A_ROW = 64
+
+
+def _visible_entries(path: str):
+    with os.scandir(path) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def _fingerprint(root: str, identity_dirs: list[os.DirEntry]) -> str:
+    h = hashlib.sha1(f"{_INDEX_VERSION}:{root}".encode())
+    for e in identity_dirs:
+        h.update(f"{e.name}\0{e.stat().st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def scan_identity_folders(root: str) -> tuple[list[str], np.ndarray, np.ndarray, list[os.DirEntry]]:
+    """Scan ``root`` for identity folders and their images.
+
+    Returns ``(classes, paths, labels, identity_dirs)``: class names in label order, (N,) byte paths
+    relative to root, (N,) int64 labels. Raises :class:`DataError` naming the path when the root is
+    missing, empty, has no identity folders, or an identity folder has no image file.
+    """
+    if not os.path.exists(root):
+        raise DataError(f"data.root {root}: no such directory")
+    if not os.path.isdir(root):
+        raise DataError(f"data.root {root}: is a file, expected a directory of identity folders")
+    entries = _visible_entries(root)
+    if not entries:
+        raise DataError(f"data.root {root}: is empty, expected one folder per identity (root/<identity>/<image>)")
+    identity_dirs = [e for e in entries if e.is_dir()]
+    if not identity_dirs:
+        loose = sum(1 for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS))
+        what = f"{loose} loose image files" if loose else "no folders"
+        raise DataError(
+            f"data.root {root}: holds {what} but no identity folders; expected root/<identity>/<image>"
+        )
+    classes, rel_paths, labels = [], [], []
+    for label, d in enumerate(identity_dirs):
+        files = [e.name for e in _visible_entries(d.path) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+        if not files:
+            raise DataError(
+                f"identity folder {d.path}: has no image files (looked for {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        classes.append(d.name)
+        rel_paths.extend(f"{d.name}/{f}" for f in files)
+        labels.extend([label] * len(files))
+    return classes, np.array([p.encode() for p in rel_paths]), np.asarray(labels, dtype=np.int64), identity_dirs
+
+
+def load_index(root: str, cache_dir: str | None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The (classes, paths, labels) index of ``root``, from the cache when it is still valid."""
+    root = os.path.abspath(os.path.expanduser(root))
+    if cache_dir is None:
+        classes, paths, labels, _ = scan_identity_folders(root)
+        return classes, paths, labels
+    cache = Path(os.path.expanduser(cache_dir)) / "index" / (hashlib.sha1(root.encode()).hexdigest()[:16] + ".npz")
+    if os.path.isdir(root):
+        identity_dirs = [e for e in _visible_entries(root) if e.is_dir()]
+        fingerprint = _fingerprint(root, identity_dirs)
+        if cache.is_file():
+            try:
+                with np.load(cache, allow_pickle=False) as z:
+                    if str(z["fingerprint"]) == fingerprint:
+                        log.info("file index of %s read from %s", root, cache)
+                        return [str(c) for c in z["classes"]], z["paths"], z["labels"]
+            except (OSError, KeyError, ValueError) as e:
+                log.warning("ignoring unreadable index cache %s (%s)", cache, e)
+    classes, paths, labels, identity_dirs = scan_identity_folders(root)
+    fingerprint = _fingerprint(root, identity_dirs)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, fingerprint=np.array(fingerprint), classes=np.array(classes), paths=paths, labels=labels)
+        os.replace(tmp, cache)
+    except OSError as e:
+        log.warning("could not write the index cache %s (%s)", cache, e)
+    return classes, paths, labels
+
+
+class FaceFolder(Dataset):
+    """Training images from identity folders.
+
+    ``dataset[key]`` with key ``index`` or ``(index, seed)`` returns ``(image, label, skipped)``:
+    image (3, H, W) uint8 at the backbone's ``input_size`` after augmentation seeded with ``seed``;
+    label an int; skipped the number of corrupt files passed over to produce this sample.
+
+    Args:
+        root: the directory of identity folders.
+        input_size: (H, W) the backbone expects; images of another size are resized.
+        augment: albumentations transform configs (see :func:`frtrain.data.transforms.build_augment`).
+        on_corrupt: ``skip`` (default) warns and uses the next image; ``raise`` stops at the first one.
+        index_cache: reuse a cached file index (under ``cache_dir``) while the tree is unchanged.
+        cache_dir: where the index cache lives.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        input_size: Sequence[int] = (112, 112),
+        augment: Sequence[Any] | None = None,
+        on_corrupt: str = "skip",
+        index_cache: bool = True,
+        cache_dir: str | None = None,
+    ):
+        if on_corrupt not in ("skip", "raise"):
+            raise ConfigError(f"data.on_corrupt={on_corrupt!r}: expected 'skip' or 'raise'")
+        if root is None or str(root) in ("", "???"):
+            raise ConfigError("data.root is not set: give the directory of identity folders, e.g. data.root=/data/casia")
+        self.root = os.path.abspath(os.path.expanduser(str(root)))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.on_corrupt = on_corrupt
+        self.classes, self.paths, self.labels = load_index(self.root, cache_dir if index_cache else None)
+        self.augment = build_augment(augment)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.root, self.paths[index].decode())
+
+    def load(self, index: int) -> np.ndarray:
+        """The decoded (H, W, 3) uint8 image at ``index``, resized to ``input_size``."""
+        return resize_to(read_image(self.path(index)), self.input_size)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        index = int(index)
+        skipped = 0
+        while True:
+            try:
+                image = self.load(index)
+                break
+            except CorruptImageError as e:
+                if self.on_corrupt == "raise":
+                    raise
+                warnings.warn(f"skipping corrupt image: {e}", stacklevel=2)
+                skipped += 1
+                if skipped >= _MAX_CORRUPT_IN_A_ROW:
+                    raise DataError(f"{self.root}: {skipped} corrupt images in a row from index {int(key[0] if isinstance(key, tuple) else key)}; is the data readable?") from None
+                index = (index + 1) % len(self)
+        image = apply_augment(self.augment, image, seed)
+        return to_chw_tensor(image), int(self.labels[index]), skipped

@@ -1,0 +1,81 @@
+"""Decoding image files and bytes into RGB uint8 arrays, with errors that name the file."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from frtrain.errors import DataError
+
+#: file endings recognised as images when scanning identity folders
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".webp", ".tif", ".tiff")
+
+
+class CorruptImageError(DataError):
+    """An image file that cannot be decoded (truncated, not an image, unsupported)."""
+
+
+def decode_image(data: bytes, source: str) -> np.ndarray:
+    """Decode encoded image bytes to an (H, W, 3) uint8 RGB array.
+
+    Grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit PGM/PNG are converted to 8-bit RGB.
+    A truncated or unreadable file raises :class:`CorruptImageError` naming ``source``.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # raises on truncated data
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                peak = arr.max() if arr.size and arr.max() > 255 else 255.0
+                arr = np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8)
+                return np.repeat(arr[:, :, None], 3, axis=2)
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"{source}: cannot decode image ({e})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise CorruptImageError(f"{source}: decoded to an unexpected shape {arr.shape}")
+    return arr
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read and decode an image file; see :func:`decode_image`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CorruptImageError(f"{path}: cannot read file ({e.strerror})") from None
+    return decode_image(data, path)
+
+
+def resize_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize (H, W, 3) to ``size`` = (H', W') when it differs (area filter down, linear up)."""
+    h, w = size
+    if img.shape[0] == h and img.shape[1] == w:
+        return img
+    shrinking = img.shape[0] > h or img.shape[1] > w
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def center_crop(img: np.ndarray, crop: tuple[float, float, float, float] | None) -> np.ndarray:
+    """Cut fractions (left, top, right, bottom) off the borders of an (H, W, 3) image, or nothing."""
+    if not crop:
+        return img
+    left, top, right, bottom = crop
+    h, w = img.shape[:2]
+    y0, y1 = int(round(top * h)), h - int(round(bottom * h))
+    x0, x1 = int(round(left * w)), w - int(round(right * w))
+    if y1 <= y0 or x1 <= x0:
+        raise DataError(f"crop {tuple(crop)} leaves nothing of a {w}x{h} image")
+    return img[y0:y1, x0:x1]
+
+
+def encode_jpeg(img: np.ndarray, quality: int = 95) -> bytes:
+    """(H, W, 3) uint8 RGB -> JPEG bytes (deterministic for the same input and library version)."""
+    buf = io.BytesIO()
+    Image.fromarray(img, "RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

@@ -1,0 +1,195 @@
+"""The one place for distributed facts (rank, world size) and the collectives the heads share.
+
+Every function works unchanged in a single process, where it is the identity or a no-op, so that
+no caller needs an ``if distributed`` branch.
+
+Gradient conventions of the collectives (they decide whether a sharded head's gradients equal
+those of the same head on one process):
+
+* :func:`gather_features` concatenates every rank's batch. Rank r then computes partial results
+  from its own slice of the class vectors, so the gradient of the loss w.r.t. the gathered
+  features is split over the ranks; the backward pass therefore **sums** the gathered gradient
+  over ranks and returns this rank's chunk.
+* :func:`all_reduce_replicated` and :func:`all_gather_replicated` combine per-shard partial results
+  into a value that every rank then uses in the same, replicated computation of the loss. Each rank
+  already holds the full gradient of that replicated computation, so the backward pass is
+  **local**: the identity for a sum, this rank's chunk for a gather.
+* :func:`replicated` marks a value computed identically on every rank from gathered features alone
+  (no class shard involved, e.g. UNPG's batch-negative term). Only rank 0 keeps its graph, so after
+  the summing backward of :func:`gather_features` it is counted exactly once.
+
+With these rules the loss of a W-rank job equals the single-process loss on the concatenated batch,
+and so do the gradients w.r.t. embeddings and class vectors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def init_from_env(timeout_minutes: float = 30.0) -> bool:
+    """Join the process group that torchrun describes in the environment, if any.
+
+    Returns True when a process group with more than one rank is running. NCCL is used when CUDA is
+    available, gloo otherwise. Nothing happens at import time.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return is_distributed()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard_range(num_items: int, shard: int | None = None, num_shards: int | None = None) -> tuple[int, int]:
+    """(start, count) of the contiguous slice of ``num_items`` that shard ``shard`` owns.
+
+    Shard r owns ``n // W + (r < n % W)`` items starting at ``n // W * r + min(r, n % W)``, as in
+    insightface's Partial FC, so slices differ in size by at most one.
+    """
+    shard = rank() if shard is None else shard
+    num_shards = world_size() if num_shards is None else num_shards
+    base, extra = divmod(num_items, num_shards)
+    count = base + (1 if shard < extra else 0)
+    start = base * shard + min(shard, extra)
+    return start, count
+
+
+def _all_gather_cat(x: torch.Tensor, dim: int) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def _check_same_size(x: torch.Tensor, what: str) -> None:
+    sizes = torch.tensor([x.shape[0]], device=x.device)
+    largest = sizes.clone()
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    dist.all_reduce(sizes, op=dist.ReduceOp.MIN)
+    if int(sizes) != int(largest):
+        raise RuntimeError(
+            f"{what}: every rank must contribute the same batch size, got sizes between "
+            f"{int(sizes)} and {int(largest)} (use drop_last=True in the training loader)"
+        )
+
+
+class _GatherSumBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.batch = x.shape[0]
+        return _all_gather_cat(x, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = rank() * ctx.batch
+        return grad[start : start + ctx.batch]
+
+
+class _AllReduceLocalBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, op) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y, op=op)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class _GatherLocalBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.dim, ctx.size = dim, x.shape[dim]
+        return _all_gather_cat(x, dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.narrow(ctx.dim, rank() * ctx.size, ctx.size), None
+
+
+def gather_features(x: torch.Tensor, labels: torch.Tensor | None = None):
+    """Concatenate every rank's ``x`` (B, ...) along dim 0, with the summing backward described above.
+
+    Returns ``(x_all, labels_all)`` of shape (W*B, ...); in one process, ``(x, labels)`` unchanged.
+    """
+    if not is_distributed():
+        return x, labels
+    _check_same_size(x, "gather_features")
+    x_all = _GatherSumBackward.apply(x)
+    labels_all = None if labels is None else _all_gather_cat(labels, 0)
+    return x_all, labels_all
+
+
+def all_reduce_replicated(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """All-reduce (``sum`` or ``max``) of per-shard partial results, local (identity) backward."""
+    if not is_distributed():
+        return x
+    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+    if op == "max" or not x.requires_grad:
+        y = x.detach().clone()
+        dist.all_reduce(y, op=reduce_op)
+        return y
+    return _AllReduceLocalBackward.apply(x, reduce_op)
+
+
+def all_gather_replicated(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Concatenate per-shard partial results along ``dim``, local-chunk backward."""
+    if not is_distributed():
+        return x
+    return _GatherLocalBackward.apply(x, dim)
+
+
+def replicated(x: torch.Tensor) -> torch.Tensor:
+    """Keep the graph of a rank-identical value computed from gathered features on rank 0 only."""
+    if not is_distributed() or rank() == 0:
+        return x
+    return x.detach()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Send a picklable object from ``src`` to every rank (identity in one process)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,13 @@
+"""Loss heads: ``Head(embedding_size, num_classes, **hyper)``; ``head(embeddings, labels)`` -> loss.
+
+See docs/heads.md for every head's formula, options, citation and fidelity.
+"""
+
+from frtrain.heads.center import CenterLoss
+from frtrain.heads.class_vectors import Head
+from frtrain.heads.classic import ArcFace, CombinedMargin, CosFace, MagFace, MarginSoftmax, NormFace, Softmax, SphereFace
+
+__all__ = [
+    "Head", "Softmax", "MarginSoftmax", "NormFace", "SphereFace", "CosFace", "ArcFace",
+    "CombinedMargin", "MagFace", "CenterLoss",
+]

@@ -1,0 +1,183 @@
+"""What every loss head shares: class vectors (optionally sharded over ranks) and the reductions.
+
+Shapes used throughout the heads:
+    x: (B, d) embeddings of this rank's batch; after :meth:`Head.gather`, (W*B, d) for W ranks.
+    y: (B,) integer labels in [0, C).
+    weight: (C_local, d) this rank's contiguous slice of the C class vectors (all C in one process).
+    cos / logits: (W*B, C_local), float32 (float64 when the inputs are float64).
+    local_target: (W*B,) index of the label's column in this shard, -1 where another rank owns it.
+
+Per-shard partial results are combined with the collectives of :mod:`frtrain.engine.distributed`,
+so the loss and its gradients equal those of the same head on one process.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frtrain.engine import distributed as D
+from frtrain.errors import ConfigError
+
+
+def check_option(name: str, value, ok: bool, expected: str) -> None:
+    """Raise ``ConfigError`` naming the head option when ``ok`` is False."""
+    if not ok:
+        raise ConfigError(f"head.{name}={value!r} is out of range: expected {expected}")
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 stays float64 (tests); everything else (fp16/bf16 under autocast, fp32) runs in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class Head(nn.Module):
+    """Base class of every loss head: ``Head(embedding_size, num_classes, **hyper)``.
+
+    ``forward(embeddings, labels)`` returns the scalar loss (mean over the global batch) and leaves
+    detached per-step quantities worth logging in ``self.stats``. Subclasses keep their class vectors in
+    the parameter ``weight`` (C_local x d); heads with separate centres add ``centers``.
+
+    Args:
+        embedding_size: d.
+        num_classes: C, the number of identities in the training set.
+        sample_rate: Partial FC. With a value < 1, each training step uses only the batch's positive
+            classes plus randomly sampled negatives, ``ceil(sample_rate * C_local)`` class vectors in all
+            per rank. 1.0 (default) uses every class.
+    """
+
+    #: names of the parameters holding one row per class (sharded and sampled together)
+    class_parameters: tuple[str, ...] = ("weight",)
+
+    def __init__(self, embedding_size: int, num_classes: int, sample_rate: float = 1.0):
+        super().__init__()
+        check_option("embedding_size", embedding_size, int(embedding_size) >= 1, "a positive integer")
+        check_option("num_classes", num_classes, int(num_classes) >= 2, "at least 2 classes")
+        check_option("sample_rate", sample_rate, 0.0 < sample_rate <= 1.0, "a value in (0, 1]")
+        self.embedding_size = int(embedding_size)
+        self.num_classes = int(num_classes)
+        self.sample_rate = float(sample_rate)
+        self.world_size = D.world_size()
+        if self.num_classes < self.world_size:
+            raise ConfigError(
+                f"{self.num_classes} classes cannot be sharded over {self.world_size} ranks"
+            )
+        self.class_start, self.num_local = D.shard_range(self.num_classes)
+        self.stats: dict[str, torch.Tensor] = {}
+
+    # -- construction helpers -------------------------------------------------------------------
+    def new_class_parameter(self, init: str = "normal") -> nn.Parameter:
+        """A (C_local, d) parameter, initialised with ``normal`` (std 0.01), ``unit`` (random rows of norm 1)
+        or ``xavier`` (uniform).
+
+        Heads that normalise their class vectors use ``unit``: the gradient w.r.t. a normalised vector
+        scales as 1/||w||, so rows of norm ~0.01*sqrt(d) would be rotated by huge steps at the start.
+        """
+        w = torch.empty(self.num_local, self.embedding_size)
+        if init == "normal":
+            nn.init.normal_(w, 0.0, 0.01)
+        elif init == "unit":
+            nn.init.normal_(w, 0.0, 1.0)
+            w = torch.nn.functional.normalize(w, dim=1)
+        elif init == "xavier":
+            # Xavier-uniform bound of the full C x d matrix, so every world size draws from the same law.
+            bound = math.sqrt(6.0 / (self.num_classes + self.embedding_size))
+            nn.init.uniform_(w, -bound, bound)
+        else:
+            raise ValueError(f"unknown init {init!r}")
+        return nn.Parameter(w)
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser parameter groups; heads with their own learning rates (centres) override this."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def extra_repr(self) -> str:
+        shard = "" if self.world_size == 1 else f", shard=[{self.class_start}, {self.class_start + self.num_local})"
+        return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}{shard}"
+
+    # -- forward helpers ------------------------------------------------------------------------
+    def check_inputs(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.embedding_size:
+            raise ValueError(f"embeddings must have shape (B, {self.embedding_size}), got {tuple(x.shape)}")
+        if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
+            raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integers, got {labels.dtype}")
+        if labels.numel():
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"label {bad} is outside [0, {self.num_classes}) (num_classes={self.num_classes})")
+
+    def gather(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check inputs, cast to the compute dtype and concatenate every rank's batch."""
+        self.check_inputs(x, labels)
+        x = x.to(compute_dtype(x))
+        return D.gather_features(x, labels.long())
+
+    def select_classes(self, labels_all: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Which local class rows this step uses, and each sample's target column among them.
+
+        Returns ``(index, local_target)``: ``index`` (K,) rows of the local class parameters to use, or
+        None for all of them; ``local_target`` (N,) the target's column in the selection or -1 where the
+        label belongs to another rank.
+        """
+        local = labels_all - self.class_start
+        owned = (local >= 0) & (local < self.num_local)
+        local_target = torch.where(owned, local, torch.full_like(local, -1))
+        if self.sample_rate >= 1.0 or not self.training:
+            return None, local_target
+        num_sample = max(1, math.ceil(self.sample_rate * self.num_local))
+        positive = torch.zeros(self.num_local, dtype=torch.bool, device=labels_all.device)
+        positive[local[owned]] = True
+        num_sample = max(num_sample, int(positive.sum()))
+        if num_sample >= self.num_local:
+            return None, local_target
+        score = torch.rand(self.num_local, device=labels_all.device) + 2.0 * positive
+        index = torch.topk(score, num_sample, sorted=False).indices.sort().values
+        remap = torch.full((self.num_local,), -1, dtype=torch.long, device=labels_all.device)
+        remap[index] = torch.arange(num_sample, device=labels_all.device)
+        local_target = torch.where(owned, remap[local.clamp(0, self.num_local - 1)], local_target)
+        return index, local_target
+
+    def class_rows(self, name: str, index: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """Parameter ``name`` restricted to the selected rows, in the compute dtype."""
+        p = getattr(self, name)
+        p = p if index is None else p[index]
+        return p.to(dtype)
+
+
+def target_values(matrix: torch.Tensor, local_target: torch.Tensor) -> torch.Tensor:
+    """matrix[i, target_i] where this rank owns the target, summed over ranks: (N,), replicated."""
+    owned = local_target >= 0
+    picked = matrix.gather(1, local_target.clamp(min=0).unsqueeze(1)).squeeze(1)
+    picked = torch.where(owned, picked, torch.zeros_like(picked))
+    return D.all_reduce_replicated(picked, "sum")
+
+
+def sharded_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """log sum_j exp(logits_ij) over the classes of every shard: (N, C_local) -> (N,), replicated."""
+    row_max = D.all_reduce_replicated(logits.detach().max(dim=1).values, "max")
+    sumexp = torch.exp(logits - row_max.unsqueeze(1)).sum(dim=1)
+    return torch.log(D.all_reduce_replicated(sumexp, "sum")) + row_max
+
+
+def sharded_cross_entropy(
+    logits: torch.Tensor, local_target: torch.Tensor, extra_logsumexp: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample softmax cross-entropy over class logits split across ranks: (N,), replicated.
+
+    ``extra_logsumexp`` (scalar or (N,)), when given, adds ``exp(extra)`` to every row's denominator
+    (UNPG's batch negatives) without materialising the extra columns.
+    """
+    lse = sharded_logsumexp(logits)
+    if extra_logsumexp is not None:
+        lse = torch.logaddexp(lse, extra_logsumexp)
+    return lse - target_values(logits, local_target)
+
+
+def normalized(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=1, eps=1e-12)

@@ -1,0 +1,59 @@
+"""Shared fixtures. Tests never need ../shared: real-data tests skip without their path variable."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Generated data (synthetic faces, file indexes) goes to one cache per test session.
+_CACHE = tempfile.mkdtemp(prefix="frtrain-test-cache-")
+os.environ["FRTRAIN_CACHE"] = _CACHE
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("FRTRAIN_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow; set FRTRAIN_SLOW=1 (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> str:
+    return _CACHE
+
+
+def compose_train(overrides: list[str]):
+    """The train config as ``frtrain-train`` would compose it, with ``overrides``."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("frtrain.configs", version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+#: data and model of a run that trains in well under a minute on 2 CPU cores and learns clearly
+TINY_DATA = [
+    "data.num_identities=60",
+    "data.images_per_identity=16",
+    "data.image_size=40",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "backbone.input_size=40",
+    "trainer.progress=false",
+]
+#: its verification set (held-out synthetic identities)
+TINY_EVAL = [
+    "eval.benchmarks.synthetic.num_identities=60",
+    "eval.benchmarks.synthetic.images_per_identity=6",
+    "eval.benchmarks.synthetic.num_pairs=1200",
+    "eval.benchmarks.synthetic.image_size=40",
+]
+TINY_RUN = TINY_DATA + TINY_EVAL

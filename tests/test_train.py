@@ -1,0 +1,96 @@
+"""Training end to end: it learns, it resumes exactly, it refuses checkpoints of another model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from frtrain.engine.checkpoint import CHECKPOINT_KEYS, load_checkpoint
+from frtrain.engine.trainer import TrainingDiverged
+from frtrain.errors import CheckpointError
+from frtrain.train import train
+
+from conftest import TINY_DATA, TINY_EVAL, compose_train
+
+
+def _run(tmp_path, name, extra):
+    out = tmp_path / name
+    evaluation = [] if "eval=none" in extra else TINY_EVAL
+    results = train(compose_train(TINY_DATA + evaluation + [f"output_dir={out}"] + extra))
+    return out, results
+
+
+def test_short_run_loss_falls_and_verification_accuracy_rises_well_above_chance(tmp_path):
+    out, results = _run(tmp_path, "learn", ["trainer.max_steps=200", "eval.every_steps=100", "eval.at_start=true"])
+    summary = json.loads((out / "results.json").read_text())
+    acc = {e["step"]: e["accuracy"] for e in summary["history"]["eval"]}
+    losses = [e["loss"] for e in summary["history"]["loss"]]
+    assert acc[0] < 0.65, f"an untrained model should be near chance, got {acc[0]:.3f}"
+    assert acc[200] >= 0.70 and acc[200] - acc[0] >= 0.12, acc
+    assert losses[-1] < 0.75 * losses[0], losses
+    assert results["synthetic"]["accuracy"] == pytest.approx(acc[200])
+    assert (out / "checkpoints" / "best.pt").is_file() and (out / "checkpoints" / "step-00000200.pt").is_file()
+    assert (out / "config.yaml").is_file() and list((out / "tb").glob("events.out.tfevents.*"))
+
+
+RESUME = ["eval=none", "trainer.max_steps=12", "trainer.checkpoint_every=6", "trainer.keep_last=5",
+          "data.batch_size=16", "sched.warmup_epochs=0.05", "backbone.dropout=0.2", "head.sample_rate=0.5",
+          "trainer.log_every=1"]
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_goes(tmp_path):
+    full, _ = _run(tmp_path, "full", RESUME)
+    step6 = full / "checkpoints" / "step-00000006.pt"
+    resumed, _ = _run(tmp_path, "resumed", RESUME + [f"trainer.resume={step6}"])
+    a = load_checkpoint(str(full / "checkpoints" / "step-00000012.pt"))
+    b = load_checkpoint(str(resumed / "checkpoints" / "step-00000012.pt"))
+    assert list(a) == list(CHECKPOINT_KEYS)
+    for part in ("model", "head"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 12
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert a["train_state"] == b["train_state"]
+    losses_full = json.loads((full / "results.json").read_text())["history"]["loss"]
+    losses_resumed = json.loads((resumed / "results.json").read_text())["history"]["loss"]
+    assert [e["loss"] for e in losses_full if e["step"] > 6] == [e["loss"] for e in losses_resumed]
+
+
+def test_resume_auto_takes_the_latest_checkpoint_of_the_output_directory(tmp_path):
+    common = ["eval=none", "trainer.checkpoint_every=2", "data.batch_size=16", "trainer.log_every=1"]
+    out, _ = _run(tmp_path, "auto", common + ["trainer.max_steps=4"])
+    _, _ = _run(tmp_path, "auto", common + ["trainer.max_steps=6", "trainer.resume=auto"])
+    log = load_checkpoint(str(out / "checkpoints" / "step-00000006.pt"))["train_state"]
+    assert log["step"] == 6
+    assert len(json.loads((out / "results.json").read_text())["history"]["loss"]) == 2  # steps 5, 6 only
+
+
+@pytest.mark.parametrize("override, match", [
+    (["backbone=mobilefacenet", "backbone.input_size=40", "backbone.embedding_size=128"],
+     r"was trained with backbone frtrain.backbones.IResNet .*this run builds frtrain.backbones.MobileFaceNet"),
+    (["head=cosface"], r"was trained with head frtrain.heads.ArcFace, this run builds frtrain.heads.CosFace"),
+    (["data.num_identities=61"], r"has 60 classes, the training data has 61"),
+])
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, override, match):
+    out, _ = _run(tmp_path, "base", ["eval=none", "trainer.max_steps=1", "data.batch_size=16"])
+    ckpt = out / "checkpoints" / "step-00000001.pt"
+    with pytest.raises(CheckpointError, match=match):
+        _run(tmp_path, "other", ["eval=none", "trainer.max_steps=2", "data.batch_size=16",
+                                 f"trainer.resume={ckpt}"] + override)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    out, _ = _run(tmp_path, "acc", ["eval=none", "trainer.epochs=1", "trainer.accumulate=3", "data.batch_size=16"])
+    state = load_checkpoint(str(next((out / "checkpoints").glob("step-*.pt"))))["train_state"]
+    assert state["step"] == (60 * 16 // 16) // 3  # 60 batches of 16 per epoch, 3 per optimiser step
+    assert state["epoch"] == 1 and state["batch_in_epoch"] == 0
+
+
+def test_a_diverging_run_stops_with_the_step_number(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"at step \d+"):
+        _run(tmp_path, "nan", ["eval=none", "trainer.max_steps=30", "head=softmax", "optim.lr=1e12",
+                               "optim.weight_decay=0", "data.batch_size=16"])
