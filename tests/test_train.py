@@ -94,3 +94,36 @@ def test_a_diverging_run_stops_with_the_step_number(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"at step \d+"):
         _run(tmp_path, "nan", ["eval=none", "trainer.max_steps=30", "head=softmax", "optim.lr=1e12",
                                "optim.weight_decay=0", "data.batch_size=16"])
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    """With a tiny clip norm, one SGD step (no momentum, no decay) moves the weights by at most lr * clip."""
+    common = ["eval=none", "trainer.max_steps=1", "data.batch_size=16", "optim.momentum=0", "optim.weight_decay=0",
+              "optim.lr=0.5", "trainer.log_every=1"]
+    clipped, _ = _run(tmp_path, "clipped", common + ["trainer.clip_grad_norm=0.001"])
+    free, _ = _run(tmp_path, "free", common)
+    init = compose_train(TINY_DATA + common)
+    from frtrain.engine.build import build
+
+    torch.manual_seed(int(init.seed))  # the same initial weights as the runs (seeded before building)
+    backbone = build("backbone", init.backbone)
+    dataset = build("data", init.data, exclude=("batch_size", "num_workers", "pin_memory", "prefetch_factor"),
+                    input_size=backbone.input_size)
+    head = build("head", init.head, embedding_size=backbone.embedding_size, num_classes=dataset.num_classes)
+    start = [p.detach().clone() for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
+
+    def moved(run):
+        ck = load_checkpoint(str(run / "checkpoints" / "step-00000001.pt"))
+        after = [v for k, v in ck["model"].items() if k in dict(backbone.named_parameters())
+                 and dict(backbone.named_parameters())[k].requires_grad] + list(ck["head"].values())
+        return torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(after, start)))
+
+    assert float(moved(clipped)) <= 0.5 * 0.001 * 1.0001
+    assert float(moved(free)) > 100 * float(moved(clipped))
+
+
+def test_mixed_precision_on_cpu_is_refused_with_the_option_named(tmp_path):
+    from frtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.precision=bf16: mixed precision is for CUDA"):
+        _run(tmp_path, "bf16", ["eval=none", "trainer.max_steps=1", "trainer.precision=bf16", "trainer.device=cpu"])
