@@ -14,6 +14,9 @@ those of the same head on one process):
   into a value that every rank then uses in the same, replicated computation of the loss. Each rank
   already holds the full gradient of that replicated computation, so the backward pass is
   **local**: the identity for a sum, this rank's chunk for a gather.
+* :func:`all_reduce_shared` combines per-shard results into a value that each rank then uses with
+  its **own** shard (Margin Loss compares the own-centre distance with every local centre). Each
+  rank then holds only its share of that value's gradient, so the backward pass sums it over ranks.
 * :func:`replicated` marks a value computed identically on every rank from gathered features alone
   (no class shard involved, e.g. UNPG's batch-negative term). Only rank 0 keeps its graph, so after
   the summing backward of :func:`gather_features` it is counted exactly once.
@@ -136,6 +139,20 @@ class _AllReduceLocalBackward(torch.autograd.Function):
         return grad, None
 
 
+class _AllReduceSumBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 class _GatherLocalBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -170,6 +187,13 @@ def all_reduce_replicated(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
         dist.all_reduce(y, op=reduce_op)
         return y
     return _AllReduceLocalBackward.apply(x, reduce_op)
+
+
+def all_reduce_shared(x: torch.Tensor) -> torch.Tensor:
+    """Sum of per-shard partial results that each rank then uses with its own shard (summing backward)."""
+    if not is_distributed():
+        return x
+    return _AllReduceSumBackward.apply(x)
 
 
 def all_gather_replicated(x: torch.Tensor, dim: int = 1) -> torch.Tensor:

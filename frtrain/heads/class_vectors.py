@@ -68,6 +68,13 @@ class Head(nn.Module):
         self.class_start, self.num_local = D.shard_range(self.num_classes)
         self.stats: dict[str, torch.Tensor] = {}
 
+    def __call__(self, *args, **kwargs):
+        # Heads compute in float32 (float64 in tests) whatever autocast the backbone ran under: logits,
+        # arccos and softmax sums are where bf16/fp16 lose the margin or overflow.
+        device = args[0].device.type if args and torch.is_tensor(args[0]) else "cpu"
+        with torch.autocast(device_type=device, enabled=False):
+            return super().__call__(*args, **kwargs)
+
     # -- construction helpers -------------------------------------------------------------------
     def new_class_parameter(self, init: str = "normal") -> nn.Parameter:
         """A (C_local, d) parameter, initialised with ``normal`` (std 0.01), ``unit`` (random rows of norm 1)
@@ -150,12 +157,15 @@ class Head(nn.Module):
         return p.to(dtype)
 
 
-def target_values(matrix: torch.Tensor, local_target: torch.Tensor) -> torch.Tensor:
-    """matrix[i, target_i] where this rank owns the target, summed over ranks: (N,), replicated."""
-    owned = local_target >= 0
+def owned_values(matrix: torch.Tensor, local_target: torch.Tensor) -> torch.Tensor:
+    """matrix[i, target_i] where this rank owns the target, 0 elsewhere: (N,), not yet combined."""
     picked = matrix.gather(1, local_target.clamp(min=0).unsqueeze(1)).squeeze(1)
-    picked = torch.where(owned, picked, torch.zeros_like(picked))
-    return D.all_reduce_replicated(picked, "sum")
+    return torch.where(local_target >= 0, picked, torch.zeros_like(picked))
+
+
+def target_values(matrix: torch.Tensor, local_target: torch.Tensor) -> torch.Tensor:
+    """matrix[i, target_i] from whichever rank owns the target: (N,), for use replicated on every rank."""
+    return D.all_reduce_replicated(owned_values(matrix, local_target), "sum")
 
 
 def sharded_logsumexp(logits: torch.Tensor) -> torch.Tensor:

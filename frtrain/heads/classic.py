@@ -214,11 +214,35 @@ class SphereFace(MarginSoftmax):
         return (lam * cos_t + psi) / (1.0 + lam)
 
 
+class MagFaceMargin:
+    """MagFace's norm-dependent margin and regulariser (shared by :class:`MagFace` and UNPG's magface base).
+
+    a = ||x|| clamped to [l_a, u_a]; m(a) = l_m + (u_m - l_m)(a - l_a)/(u_a - l_a); g(a) = 1/a + a/u_a^2.
+    """
+
+    def __init__(self, l_a: float = 10.0, u_a: float = 110.0, l_m: float = 0.45, u_m: float = 0.8,
+                 lambda_g: float = 35.0):
+        check_option("l_a", l_a, 0.0 < l_a < u_a, "0 < l_a < u_a")
+        check_option("l_m", l_m, 0.0 <= l_m <= u_m < math.pi, "0 <= l_m <= u_m < pi")
+        check_option("lambda_g", lambda_g, lambda_g >= 0.0, "a non-negative weight")
+        self.l_a, self.u_a, self.l_m, self.u_m, self.lambda_g = map(float, (l_a, u_a, l_m, u_m, lambda_g))
+
+    def margin(self, norms: torch.Tensor) -> torch.Tensor:
+        a = norms.clamp(self.l_a, self.u_a)
+        return self.l_m + (self.u_m - self.l_m) * (a - self.l_a) / (self.u_a - self.l_a)
+
+    def target_logit(self, cos_t: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        return combined_margin(cos_t, 1.0, self.margin(norms), 0.0)
+
+    def regulariser(self, norms: torch.Tensor) -> torch.Tensor:
+        a = norms.clamp(self.l_a, self.u_a)
+        return self.lambda_g * (1.0 / a + a / self.u_a**2)
+
+
 class MagFace(MarginSoftmax):
     """MagFace (Meng et al. 2021): ArcFace with a margin that grows with the feature norm, plus a regulariser.
 
-    a = ||x|| clamped to [l_a, u_a]; m(a) = l_m + (u_m - l_m)(a - l_a)/(u_a - l_a);
-    loss = CE(target s*cos(theta + m(a))) + lambda_g * g(a), g(a) = 1/a + a/u_a^2.
+    loss = CE(target s*cos(theta + m(a))) + lambda_g * g(a); see :class:`MagFaceMargin`.
     Defaults l_a = 10, u_a = 110, l_m = 0.45, u_m = 0.8, lambda_g = 35, s = 64.
     """
 
@@ -226,18 +250,37 @@ class MagFace(MarginSoftmax):
                  u_a: float = 110.0, l_m: float = 0.45, u_m: float = 0.8, lambda_g: float = 35.0,
                  margin_grad: str = "autograd", sample_rate: float = 1.0):
         super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
-        check_option("l_a", l_a, 0.0 < l_a < u_a, "0 < l_a < u_a")
-        check_option("l_m", l_m, 0.0 <= l_m <= u_m < math.pi, "0 <= l_m <= u_m < pi")
-        check_option("lambda_g", lambda_g, lambda_g >= 0.0, "a non-negative weight")
-        self.l_a, self.u_a, self.l_m, self.u_m, self.lambda_g = map(float, (l_a, u_a, l_m, u_m, lambda_g))
-
-    def margin_of(self, norms: torch.Tensor) -> torch.Tensor:
-        a = norms.clamp(self.l_a, self.u_a)
-        return self.l_m + (self.u_m - self.l_m) * (a - self.l_a) / (self.u_a - self.l_a)
+        self.magface = MagFaceMargin(l_a, u_a, l_m, u_m, lambda_g)
 
     def target_logit(self, cos_t, norms):
-        return combined_margin(cos_t, 1.0, self.margin_of(norms), 0.0)
+        return self.magface.target_logit(cos_t, norms)
 
     def extra_loss(self, norms):
-        a = norms.clamp(self.l_a, self.u_a)
-        return self.lambda_g * (1.0 / a + a / self.u_a**2)
+        return self.magface.regulariser(norms)
+
+
+class BaseMargin:
+    """The target logit of a named margin head, for heads that wrap one (UNPG, IntraLoss).
+
+    ``arcface``: cos(theta + margin) with insightface's fallback; ``cosface``: cos(theta) - margin;
+    ``magface``: MagFace's norm-dependent margin and regulariser (``margin`` unused).
+    """
+
+    def __init__(self, base: str, margin: float, allowed: tuple[str, ...], magface: dict | None = None):
+        check_option("base", base, base in allowed, " | ".join(allowed))
+        if base == "arcface":
+            check_option("margin", margin, 0.0 <= margin < math.pi, "an angular margin in [0, pi) radians")
+        elif base == "cosface":
+            check_option("margin", margin, margin >= 0.0, "a non-negative cosine margin")
+        self.base, self.margin = base, float(margin)
+        self.magface = MagFaceMargin(**(magface or {})) if base == "magface" else None
+
+    def target_logit(self, cos_t: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        if self.base == "arcface":
+            return combined_margin(cos_t, 1.0, self.margin, 0.0)
+        if self.base == "cosface":
+            return cos_t - self.margin
+        return self.magface.target_logit(cos_t, norms)
+
+    def regulariser(self, norms: torch.Tensor) -> torch.Tensor | None:
+        return None if self.magface is None else self.magface.regulariser(norms)
