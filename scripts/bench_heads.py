@@ -13,7 +13,8 @@ ratio to it, and its peak as a multiple of one B x C float32 matrix.
     python scripts/bench_heads.py                       # CPU (and CUDA if present), B 128/512, C 10k/100k
     python scripts/bench_heads.py --batch 128 --classes 10000 --repeats 3 --heads arcface unpg
 
-Writes docs/bench_heads.json and the "Loss heads" section of docs/benchmarks.md.
+Writes docs/bench_heads.json and the "Loss heads" section of docs/benchmarks.md; settings measured by an
+earlier run and not by this one are kept from the JSON.
 """
 
 from __future__ import annotations
@@ -127,14 +128,15 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [BEGIN, "## Loss heads", "",
-             f"`{meta['command']}` on {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, "
+             f"`python scripts/bench_heads.py` on {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, "
              f"d = {meta['dim']}, median of {meta['repeats']} forward + backward passes after two warm-ups. "
              "Peak: extra memory of one forward + backward above inputs and parameters (gradients included); "
              "`xBC` and `xCd` are that peak in B x C and in C x d float32 matrices (the class vectors' gradient and "
              "their normalised copy are C x d each). Ratios are to ArcFace measured in the same run.", ""]
     settings = sorted({(r["device"], r["batch"], r["classes"]) for r in rows}, key=lambda s: (s[0], s[2], s[1]))
     for device, batch, classes in settings:
-        lines += [f"### {device}, B = {batch}, C = {classes:,}", "",
+        command = next(r.get("command", "") for r in rows if (r["device"], r["batch"], r["classes"]) == (device, batch, classes))
+        lines += [f"### {device}, B = {batch}, C = {classes:,}", "", f"`{command}`", "",
                   "| head | median ms | time / arcface | peak MiB | memory / arcface | xBC | xCd |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
@@ -147,6 +149,18 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines += ["CUDA: not measured (no GPU on the machine that ran this).", ""]
     lines.append(END)
     return "\n".join(lines)
+
+
+def merged(rows: list[dict], meta: dict, out_json: Path) -> tuple[list[dict], dict]:
+    """Rows of earlier runs (in ``out_json``) for the settings this run did not measure, then this run's."""
+    for row in rows:
+        row["command"] = meta["command"]
+    if not out_json.is_file():
+        return rows, meta
+    old = json.loads(out_json.read_text())
+    measured = {(r["device"], r["batch"], r["classes"]) for r in rows}
+    kept = [r for r in old["rows"] if (r["device"], r["batch"], r["classes"]) not in measured]
+    return kept + rows, meta
 
 
 def write_docs(rows: list[dict], meta: dict, out_json: Path, out_md: Path) -> None:
@@ -192,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{platform.machine()} {os.cpu_count()} cores"
                        + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "dim": args.dim, "repeats": args.repeats}
+    rows, meta = merged(rows, meta, args.json)
     write_docs(rows, meta, args.json, args.markdown)
     print(markdown(rows, meta))
 

@@ -167,3 +167,17 @@ def test_sampler_shards_ranks_disjointly_and_resumes_mid_epoch():
     other_epoch = ResumableBatchSampler(103, 5, seed=3, rank=1, world_size=2)
     other_epoch.set_epoch(5)
     assert list(other_epoch) != batches[1]
+
+
+def test_identities_and_min_images_select_folders_and_relabel(tree, tmp_path):
+    listing = tmp_path / "people.txt"
+    listing.write_text("# chosen people\ncarol\nbob\n\n")
+    ds = FaceFolder(str(tree), input_size=(56, 56), identities=str(listing))
+    assert ds.classes == ["bob", "carol"] and sorted(set(ds.labels.tolist())) == [0, 1]
+    assert all(p.decode().split("/")[0] == ds.classes[label] for p, label in zip(ds.paths, ds.labels))
+    ds = FaceFolder(str(tree), input_size=(56, 56), min_images_per_identity=2)
+    assert ds.classes == ["alice", "bob"] and len(ds) == 5
+    with pytest.raises(DataError, match=r"people2.txt: no such file"):
+        FaceFolder(str(tree), identities=str(tmp_path / "people2.txt"))
+    with pytest.raises(DataError, match=r"data.identities: 1 of 2 identities have no folder in .*e.g. dave"):
+        FaceFolder(str(tree), identities=["bob", "dave"])

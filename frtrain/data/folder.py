@@ -105,6 +105,41 @@ def load_index(root: str, cache_dir: str | None) -> tuple[list[str], np.ndarray,
     return classes, paths, labels
 
 
+def read_identity_list(identities: str | Sequence[str]) -> tuple[list[str], str]:
+    """Names from a list or from a text file (one per line, blank lines and ``#`` comments ignored)."""
+    if isinstance(identities, str):
+        path = os.path.abspath(os.path.expanduser(identities))
+        if not os.path.isfile(path):
+            raise DataError(f"data.identities {path}: no such file (expected one identity folder name per line)")
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        return names, path
+    return [str(n) for n in identities], "data.identities"
+
+
+def select_identities(root: str, classes: list[str], paths: np.ndarray, labels: np.ndarray,
+                      identities: str | Sequence[str] | None, min_images: int):
+    """Keep the images of the chosen identities (with at least ``min_images`` each); relabel 0..K-1."""
+    keep = np.ones(len(classes), dtype=bool)
+    if identities is not None:
+        names, source = read_identity_list(identities)
+        known = set(classes)
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise DataError(f"{source}: {len(missing)} of {len(names)} identities have no folder in {root}, "
+                            f"e.g. {', '.join(missing[:3])}")
+        wanted = set(names)
+        keep = np.array([c in wanted for c in classes])
+    counts = np.bincount(labels, minlength=len(classes))
+    keep &= counts >= min_images
+    if not keep.any():
+        raise DataError(f"data.root {root}: no identity is left after data.identities / "
+                        f"data.min_images_per_identity={min_images}")
+    new_label = np.cumsum(keep) - 1
+    rows = keep[labels]
+    return [c for c, k in zip(classes, keep) if k], paths[rows], new_label[labels[rows]].astype(np.int64)
+
+
 class FaceFolder(Dataset):
     """Training images from identity folders.
 
@@ -119,6 +154,9 @@ class FaceFolder(Dataset):
         on_corrupt: ``skip`` (default) warns and uses the next image; ``raise`` stops at the first one.
         index_cache: reuse a cached file index (under ``cache_dir``) while the tree is unchanged.
         cache_dir: where the index cache lives.
+        identities: train only on these identity folders: a list of names or the path of a text file
+            with one name per line (e.g. the people of some LFW sets); labels follow their sorted order.
+        min_images_per_identity: drop identities with fewer images (after ``identities``).
     """
 
     def __init__(
@@ -129,6 +167,8 @@ class FaceFolder(Dataset):
         on_corrupt: str = "skip",
         index_cache: bool = True,
         cache_dir: str | None = None,
+        identities: str | Sequence[str] | None = None,
+        min_images_per_identity: int = 1,
     ):
         if on_corrupt not in ("skip", "raise"):
             raise ConfigError(f"data.on_corrupt={on_corrupt!r}: expected 'skip' or 'raise'")
@@ -138,6 +178,9 @@ class FaceFolder(Dataset):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.on_corrupt = on_corrupt
         self.classes, self.paths, self.labels = load_index(self.root, cache_dir if index_cache else None)
+        if identities is not None or min_images_per_identity > 1:
+            self.classes, self.paths, self.labels = select_identities(
+                self.root, self.classes, self.paths, self.labels, identities, int(min_images_per_identity))
         self.augment = build_augment(augment)
 
     @property

@@ -28,12 +28,15 @@ from frtrain.heads.classic import BaseMargin, MarginSoftmax
 
 
 def batch_negative_similarities(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of every pair a < b with different labels: (N, d), (N,) -> (L,)."""
+    """Cosine similarity of every pair a < b with different labels: (N, d), (N,) -> (L,).
+
+    Read off the N x N Gram matrix: O(N^2) memory, not the L x d of gathering the pairs' features.
+    """
     xn = normalized(x)
+    gram = xn @ xn.t()
     a, b = torch.triu_indices(x.shape[0], x.shape[0], offset=1, device=x.device)
     keep = labels[a] != labels[b]
-    a, b = a[keep], b[keep]
-    return (xn[a] * xn[b]).sum(dim=1)
+    return gram[a[keep], b[keep]]
 
 
 def box_whisker_filter(values: torch.Tensor, r: float) -> torch.Tensor:

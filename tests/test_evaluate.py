@@ -1,0 +1,59 @@
+"""frtrain-eval: a checkpoint scores exactly as it did at the end of training; reports; one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from frtrain.errors import CheckpointError
+from frtrain.evaluate import evaluate
+from frtrain.train import train
+
+from conftest import TINY_DATA, TINY_EVAL, compose_train
+
+
+def _compose_eval(overrides):
+    with initialize_config_module("frtrain.configs", version_base="1.3"):
+        return compose("evaluate", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(compose_train(TINY_DATA + TINY_EVAL + [f"output_dir={out}", "trainer.max_steps=30", "eval.every_steps=0"]))
+    return out
+
+
+def test_a_run_directory_scores_as_at_the_end_of_training_and_writes_reports(trained, tmp_path):
+    results = evaluate(_compose_eval([f"checkpoint={trained}", f"output_dir={tmp_path}"] + TINY_EVAL))
+    at_training = json.loads((trained / "results.json").read_text())["final"]["synthetic"]
+    assert results["synthetic"].accuracy == pytest.approx(at_training["accuracy"], abs=1e-12)
+    assert results["synthetic"].auc == pytest.approx(at_training["auc"], abs=1e-12)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["checkpoint"].endswith("checkpoints/best.pt")
+    roc = report["results"]["synthetic"]["roc"]
+    assert roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0
+    assert "| synthetic | 1200 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "roc_synthetic.png").stat().st_size > 1000
+
+
+def test_not_a_frtrain_checkpoint_is_refused_naming_the_file(tmp_path):
+    bare = tmp_path / "backbone.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, bare)
+    with pytest.raises(CheckpointError, match=r"backbone.pth: not a frtrain checkpoint"):
+        evaluate(_compose_eval([f"checkpoint={bare}", f"output_dir={tmp_path}"]))
+    with pytest.raises(CheckpointError, match=r"empty: a directory with no checkpoints/best.pt"):
+        (tmp_path / "empty").mkdir()
+        evaluate(_compose_eval([f"checkpoint={tmp_path / 'empty'}", f"output_dir={tmp_path}"]))
+
+
+def test_the_command_line_prints_one_error_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "frtrain.evaluate", f"checkpoint={tmp_path}/nope.pt",
+                        f"hydra.run.dir={tmp_path}/eval"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and f"frtrain-eval: error: {tmp_path}/nope.pt: no such checkpoint file" in r.stderr
+    assert "Traceback" not in r.stderr
