@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from frtrain.engine import checkpoint as ckpt_io  # noqa: E402
 from frtrain.engine.build import build  # noqa: E402
-from frtrain.errors import CheckpointError  # noqa: E402
+from frtrain.errors import CheckpointError, ConfigError  # noqa: E402
 
 log = logging.getLogger("frtrain")
 
@@ -98,7 +98,7 @@ def evaluate(cfg: DictConfig) -> dict:
     autocast = resolve_precision(str(cfg.precision), device)
     verifier = build_verifier(cfg, backbone)
     if verifier is None:
-        raise CheckpointError("eval has no benchmarks to score (eval=none?)")
+        raise ConfigError("eval.benchmarks is empty: nothing to score (choose eval=synthetic|bin|lfw)")
     results = verifier.run(backbone.to(device), device, autocast)
     out_dir = output_dir(cfg)
     os.makedirs(out_dir, exist_ok=True)

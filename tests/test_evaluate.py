@@ -57,3 +57,10 @@ def test_the_command_line_prints_one_error_line(tmp_path):
                         f"hydra.run.dir={tmp_path}/eval"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and f"frtrain-eval: error: {tmp_path}/nope.pt: no such checkpoint file" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_no_benchmarks_is_a_config_error(trained, tmp_path):
+    from frtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval.benchmarks is empty"):
+        evaluate(_compose_eval([f"checkpoint={trained}", f"output_dir={tmp_path}", "eval=none"]))

@@ -173,7 +173,7 @@ def lfw_benchmark(root: str, pairs: str | None = None, images: str | None = None
         missing = [f for f in files if f not in index and not os.path.isfile(f)]
         if missing:
             if not skip_missing:
-                raise DataError(f"{missing[0]}: no such image (pair on line {k + 2} of {pairs_path}); "
+                raise DataError(f"{missing[0]}: no such image (pair {k + 1} of {pairs_path}); "
                                 "skip_missing=true drops such pairs")
             skipped += 1
             continue
