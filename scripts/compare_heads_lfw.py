@@ -42,6 +42,9 @@ def run_head(head: str, lfw: Path, identities: Path, out: Path, overrides: list[
         raise SystemExit(f"compare_heads_lfw: the {head} run failed; see {out}")
 
 
+NOTES = "<!-- notes: kept when compare_heads_lfw.py rewrites the table -->"
+
+
 def table(rows: list[dict], command: str, overrides: list[str], data: str) -> str:
     lines = ["# Results", "",
              "## Loss heads on real LFW (a small comparison, not a paper reproduction)", "",
@@ -125,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = [r for r in (collect(h, args.runs_dir / h) for h in args.heads) if r]
     command = "python scripts/compare_heads_lfw.py " + " ".join(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table(rows, command, overrides, data))
+    # hand-written notes below the marker survive a re-run
+    kept = args.out.read_text().split(NOTES, 1)[1] if args.out.exists() and NOTES in args.out.read_text() else "\n"
+    args.out.write_text(table(rows, command, overrides, data) + "\n" + NOTES + kept)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     plot(rows, args.out.with_name(args.out.stem + "_lfw.png"))
     print(table(rows, command, overrides, data))
