@@ -47,16 +47,30 @@ def output_dir(cfg: DictConfig) -> str:
     return HydraConfig.get().runtime.output_dir
 
 
-def build_verifier(cfg: DictConfig, backbone):
-    """The benchmarks of ``cfg.eval`` bound to the backbone's input size and normalisation (or None)."""
+def benchmark_nodes(cfg: DictConfig) -> dict:
+    """The benchmarks to score: ``cfg.eval.benchmarks`` and the named ones (``benchmarks=[lfw_bin,...]``)."""
+    nodes = dict(cfg.eval.get("benchmarks") or {})
+    for name, node in (cfg.get("benchmarks") or {}).items():
+        if name in nodes:
+            raise ConfigError(f"benchmark {name!r} is both in eval.benchmarks and in benchmarks=[...]; keep one")
+        nodes[name] = node
+    return nodes
+
+
+def build_verifier(cfg: DictConfig, backbone, cache_images: bool = True):
+    """The benchmarks of ``cfg`` bound to the backbone's input size and normalisation (or None)."""
     from frtrain.evaluation.verify import Verifier
 
-    benchmarks = cfg.eval.get("benchmarks") or {}
-    if not benchmarks:
+    nodes = benchmark_nodes(cfg)
+    if not nodes:
         return None
-    built = [build(f"eval.benchmarks.{name}", node, name=name) for name, node in benchmarks.items()]
+    built = []
+    for name, node in nodes.items():
+        where = f"eval.benchmarks.{name}" if name in (cfg.eval.get("benchmarks") or {}) else f"benchmarks.{name}"
+        built.append(build(where, node, name=name))
     return Verifier(built, backbone.input_size, backbone.mean, backbone.std, batch_size=int(cfg.eval.batch_size),
-                    num_workers=int(cfg.eval.num_workers), flip=cfg.eval.flip, thresholds=cfg.eval.thresholds)
+                    num_workers=int(cfg.eval.num_workers), flip=cfg.eval.flip, thresholds=cfg.eval.thresholds,
+                    cache_images=cache_images)
 
 
 def train(cfg: DictConfig) -> dict:

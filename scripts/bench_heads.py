@@ -164,15 +164,9 @@ def merged(rows: list[dict], meta: dict, out_json: Path) -> tuple[list[dict], di
 
 
 def write_docs(rows: list[dict], meta: dict, out_json: Path, out_md: Path) -> None:
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    section = markdown(rows, meta)
-    text = out_md.read_text() if out_md.exists() else "# Benchmarks\n\nWritten by the scripts/bench_*.py scripts.\n\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    out_md.write_text(text)
+    from benchdocs import write_section
+
+    write_section(markdown(rows, meta), BEGIN, END, out_md, out_json, {"meta": meta, "rows": rows})
 
 
 def main(argv: list[str] | None = None) -> None:

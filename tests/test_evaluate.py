@@ -30,12 +30,13 @@ def trained(tmp_path_factory):
 
 
 def test_a_run_directory_scores_as_at_the_end_of_training_and_writes_reports(trained, tmp_path):
-    results = evaluate(_compose_eval([f"checkpoint={trained}", f"output_dir={tmp_path}"] + TINY_EVAL))
+    results = evaluate(_compose_eval([f"model={trained}", f"output_dir={tmp_path}", "eval=synthetic",
+                                      "benchmarks=[]"] + TINY_EVAL))
     at_training = json.loads((trained / "results.json").read_text())["final"]["synthetic"]
     assert results["synthetic"].accuracy == pytest.approx(at_training["accuracy"], abs=1e-12)
     assert results["synthetic"].auc == pytest.approx(at_training["auc"], abs=1e-12)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["checkpoint"].endswith("checkpoints/best.pt")
+    assert report["model"].endswith("checkpoints/best.pt")
     roc = report["results"]["synthetic"]["roc"]
     assert roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0
     assert "| synthetic | 1200 |" in (tmp_path / "report.md").read_text()
@@ -45,15 +46,15 @@ def test_a_run_directory_scores_as_at_the_end_of_training_and_writes_reports(tra
 def test_not_a_frtrain_checkpoint_is_refused_naming_the_file(tmp_path):
     bare = tmp_path / "backbone.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, bare)
-    with pytest.raises(CheckpointError, match=r"backbone.pth: not a frtrain checkpoint"):
-        evaluate(_compose_eval([f"checkpoint={bare}", f"output_dir={tmp_path}"]))
+    with pytest.raises(CheckpointError, match=r"backbone.pth: a plain state dict .*say which network it is with backbone=<name>"):
+        evaluate(_compose_eval([f"model={bare}", f"output_dir={tmp_path}"]))
     with pytest.raises(CheckpointError, match=r"empty: a directory with no checkpoints/best.pt"):
         (tmp_path / "empty").mkdir()
-        evaluate(_compose_eval([f"checkpoint={tmp_path / 'empty'}", f"output_dir={tmp_path}"]))
+        evaluate(_compose_eval([f"model={tmp_path / 'empty'}", f"output_dir={tmp_path}"]))
 
 
 def test_the_command_line_prints_one_error_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "frtrain.evaluate", f"checkpoint={tmp_path}/nope.pt",
+    r = subprocess.run([sys.executable, "-m", "frtrain.evaluate", f"model={tmp_path}/nope.pt",
                         f"hydra.run.dir={tmp_path}/eval"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and f"frtrain-eval: error: {tmp_path}/nope.pt: no such checkpoint file" in r.stderr
     assert "Traceback" not in r.stderr
@@ -62,5 +63,5 @@ def test_the_command_line_prints_one_error_line(tmp_path):
 def test_no_benchmarks_is_a_config_error(trained, tmp_path):
     from frtrain.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"eval.benchmarks is empty"):
-        evaluate(_compose_eval([f"checkpoint={trained}", f"output_dir={tmp_path}", "eval=none"]))
+    with pytest.raises(ConfigError, match=r"no benchmarks to score"):
+        evaluate(_compose_eval([f"model={trained}", f"output_dir={tmp_path}", "eval=none", "benchmarks=[]"]))

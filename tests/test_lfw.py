@@ -86,3 +86,36 @@ def test_real_lfw_view2_has_6000_pairs_in_ten_identity_disjoint_sets():
     people = [set(lfw_people(os.path.join(REAL, "pairs.txt"), [s])) for s in range(1, 11)]
     assert all(not (people[a] & people[b]) for a in range(10) for b in range(a + 1, 10))
     assert bench.load(0).shape == (112, 112, 3)
+
+
+def test_make_bin_writes_a_bin_that_scores_exactly_like_the_lfw_layout(lfw, tmp_path):
+    """scripts/make_bin.py: LFW layout -> .bin with the files' own bytes; same embeddings, same folds, same numbers."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import make_bin
+
+    from frtrain.evaluation.benchmarks import bin_benchmark
+    from frtrain.evaluation.binfile import read_bin
+    from frtrain.evaluation.verify import Verifier
+
+    assert make_bin.main(["--lfw", str(lfw), "--out", str(tmp_path / "lfw.bin"), "--size", "32"]) == 0
+    images, issame = read_bin(tmp_path / "lfw.bin")
+    assert len(images) == 120 and issame[:6] == [True] * 3 + [False] * 3
+    assert images[0] == (lfw / "images" / "Person_0_0" / "Person_0_0_0001.jpg").read_bytes()
+    raw, binned = lfw_benchmark(str(lfw)), bin_benchmark(str(tmp_path / "lfw.bin"))
+    assert np.array_equal(raw.folds, binned.folds) and np.array_equal(raw.issame, binned.issame)
+
+    def model(x):  # a fixed 'backbone': 4x4 average pooling
+        return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1) + 0.05 * x.mean()
+
+    verifier = Verifier([raw, binned], (32, 32), (0.5,) * 3, (0.5,) * 3, batch_size=16)
+    a, b = verifier.score(model, raw, torch.device("cpu")), verifier.score(model, binned, torch.device("cpu"))
+    assert a.accuracy == b.accuracy and a.fold_accuracies == b.fold_accuracies and a.auc == b.auc
+
+    # resizing re-encodes losslessly as PNG
+    assert make_bin.main(["--lfw", str(lfw), "--out", str(tmp_path / "small.bin"), "--size", "16"]) == 0
+    small, _ = read_bin(tmp_path / "small.bin")
+    assert small[0][:8] == b"\x89PNG\r\n\x1a\n"

@@ -32,6 +32,9 @@ class PairBenchmark:
         folds: (N,) int fold id of each pair.
         source: the file or directory the benchmark came from.
         skipped_pairs: pairs dropped because an image was missing (only with skip_missing).
+        item_of_image: for video benchmarks (YTF), (num_images,) the video each frame belongs to; the
+            pairs then index videos, whose embedding is the normalised mean of their frames' normalised
+            embeddings. None: the pairs index images.
     """
 
     name: str
@@ -43,6 +46,7 @@ class PairBenchmark:
     source: str = ""
     skipped_pairs: int = 0
     notes: list[str] = field(default_factory=list)
+    item_of_image: np.ndarray | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -189,3 +193,31 @@ def lfw_benchmark(root: str, pairs: str | None = None, images: str | None = None
                          pairs=np.asarray(pair_rows, dtype=np.int64).reshape(-1, 2),
                          issame=np.asarray(issame, dtype=bool), folds=np.asarray(folds, dtype=np.int64),
                          source=pairs_path, skipped_pairs=skipped, notes=notes)
+
+
+def file_pair_benchmark(name: str, source: str, file_pairs: list[tuple[str, str]], issame: list[bool],
+                        folds: list[int], where: list[str], crop=None, skip_missing: bool = False,
+                        notes: list[str] | None = None) -> PairBenchmark:
+    """A benchmark from pairs of image paths; each distinct file is decoded once.
+
+    Args:
+        where: for each pair, where it came from (``file:line``), for the missing-image error.
+        skip_missing: drop (and count) pairs with a missing image instead of failing.
+    """
+    index: dict[str, int] = {}
+    rows, same, fold, skipped, notes = [], [], [], 0, list(notes or [])
+    for (f1, f2), s, k, w in zip(file_pairs, issame, folds, where):
+        missing = [f for f in (f1, f2) if f not in index and not os.path.isfile(f)]
+        if missing:
+            if not skip_missing:
+                raise DataError(f"{missing[0]}: no such image ({w}); skip_missing=true drops such pairs")
+            skipped += 1
+            continue
+        rows.append([index.setdefault(f, len(index)) for f in (f1, f2)])
+        same.append(bool(s))
+        fold.append(int(k))
+    if skipped:
+        notes.append(f"{skipped} pairs skipped: an image file is missing")
+    return PairBenchmark(name=name, num_images=len(index), load=_FileImages(list(index), crop),
+                         pairs=np.asarray(rows, dtype=np.int64).reshape(-1, 2), issame=np.asarray(same, dtype=bool),
+                         folds=np.asarray(fold, dtype=np.int64), source=source, skipped_pairs=skipped, notes=notes)

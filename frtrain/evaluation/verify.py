@@ -8,13 +8,27 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from sklearn.preprocessing import normalize
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from frtrain.data.images import resize_to
 from frtrain.evaluation.benchmarks import PairBenchmark
-from frtrain.evaluation.embed import EmbedFn, decode_all, embed_batches
+from frtrain.evaluation.embed import EmbedFn, ImageList, decode_all, embed_batches
 from frtrain.evaluation.metrics import VerificationResult, verification_scores
 
 log = logging.getLogger(__name__)
+
+
+def mean_per_item(emb: np.ndarray, item_of_image: np.ndarray) -> np.ndarray:
+    """Per-item (video) embedding: the normalised mean of its images' normalised embeddings.
+
+    (N, d) image embeddings and (N,) item ids -> (num_items, d) float64.
+    """
+    e = normalize(np.asarray(emb, dtype=np.float64))
+    out = np.zeros((int(item_of_image.max()) + 1, e.shape[1]))
+    np.add.at(out, item_of_image, e)
+    return normalize(out)
 
 
 class _Resized:
@@ -36,32 +50,47 @@ class Verifier:
         num_workers: decoding processes.
         flip: ``sum`` (insightface), ``concat`` or ``none``.
         thresholds: ``grid`` (insightface) or ``exact``.
-        cache_images: keep decoded uint8 images between calls (for evaluation during training).
+        cache_images: keep decoded uint8 images between calls (for evaluation during training), for
+            benchmarks whose decoded images fit in ``cache_max_bytes``; the others (and all, when False)
+            are decoded in DataLoader workers batch by batch while the model embeds, never all held at once.
     """
 
     def __init__(self, benchmarks: Sequence[PairBenchmark], input_size, mean, std, batch_size: int = 256,
-                 num_workers: int = 0, flip: str = "sum", thresholds: str = "grid", cache_images: bool = True):
+                 num_workers: int = 0, flip: str = "sum", thresholds: str = "grid", cache_images: bool = True,
+                 cache_max_bytes: float = 4e9):
         self.benchmarks = list(benchmarks)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.flip, self.thresholds, self.cache_images = flip, thresholds, cache_images
+        self.cache_max_bytes = float(cache_max_bytes)
         self._decoded: dict[str, torch.Tensor] = {}
 
-    def images(self, bench: PairBenchmark) -> torch.Tensor:
+    def _fits_cache(self, bench: PairBenchmark) -> bool:
+        h, w = self.input_size
+        return self.cache_images and bench.num_images * h * w * 3 <= self.cache_max_bytes
+
+    def image_batches(self, bench: PairBenchmark):
+        """(B, 3, H, W) uint8 batches of every image of the benchmark, in order, each decoded once."""
         if bench.name in self._decoded:
-            return self._decoded[bench.name]
-        images = decode_all(_Resized(bench.load, self.input_size), bench.num_images, self.batch_size, self.num_workers)
-        if self.cache_images:
-            self._decoded[bench.name] = images
-        return images
+            return self._decoded[bench.name].split(self.batch_size)
+        if self._fits_cache(bench):
+            self._decoded[bench.name] = decode_all(_Resized(bench.load, self.input_size), bench.num_images,
+                                                   self.batch_size, self.num_workers)
+            return self._decoded[bench.name].split(self.batch_size)
+        return DataLoader(ImageList(_Resized(bench.load, self.input_size), bench.num_images),
+                          batch_size=self.batch_size, num_workers=self.num_workers)
 
     def score(self, model: EmbedFn, bench: PairBenchmark, device: torch.device,
-              autocast_dtype: torch.dtype | None = None) -> VerificationResult:
+              autocast_dtype: torch.dtype | None = None, progress: bool = False) -> VerificationResult:
         start = time.perf_counter()
-        images = self.images(bench)
-        batches = images.split(self.batch_size)
-        emb, xnorm = embed_batches(model, batches, self.mean, self.std, device, self.flip, autocast_dtype=autocast_dtype)
+        bar = (lambda it: tqdm(it, desc=bench.name, unit="batch", leave=False)) if progress else None
+        emb, xnorm = embed_batches(model, self.image_batches(bench), self.mean, self.std, device, self.flip,
+                                   progress=bar, autocast_dtype=autocast_dtype)
+        if len(emb) != bench.num_images:
+            raise RuntimeError(f"{bench.name}: embedded {len(emb)} images, expected {bench.num_images}")
+        if bench.item_of_image is not None:
+            emb = mean_per_item(emb, bench.item_of_image)
         result = verification_scores(bench.name, emb[bench.pairs[:, 0]], emb[bench.pairs[:, 1]], bench.issame,
                                      bench.folds, self.thresholds, xnorm)
         result.skipped_pairs = bench.skipped_pairs
@@ -69,14 +98,15 @@ class Verifier:
         result.seconds = time.perf_counter() - start
         return result
 
-    def run(self, model: EmbedFn, device: torch.device, autocast_dtype: torch.dtype | None = None) -> dict[str, VerificationResult]:
+    def run(self, model: EmbedFn, device: torch.device, autocast_dtype: torch.dtype | None = None,
+            progress: bool = False) -> dict[str, VerificationResult]:
         """Score every benchmark; the model is put in eval mode for the duration."""
         module = model if isinstance(model, torch.nn.Module) else None
         was_training = module.training if module is not None else False
         if module is not None:
             module.eval()
         try:
-            return {b.name: self.score(model, b, device, autocast_dtype) for b in self.benchmarks}
+            return {b.name: self.score(model, b, device, autocast_dtype, progress) for b in self.benchmarks}
         finally:
             if module is not None and was_training:
                 module.train()

@@ -1,0 +1,90 @@
+"""frtrain-export to ONNX: onnxruntime gives the PyTorch embeddings; frtrain-eval scores the .onnx like the checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from frtrain.engine import checkpoint as ckpt_io
+from frtrain.engine.build import build
+from frtrain.errors import CheckpointError
+
+pytest.importorskip("onnxruntime")
+
+from frtrain.evaluate import evaluate  # noqa: E402
+from frtrain.evaluation.onnx_model import OnnxEmbedder  # noqa: E402
+from frtrain.export import export, onnx_parity  # noqa: E402
+
+BACKBONES = {
+    "iresnet_tiny": ["backbone=iresnet_tiny", "backbone.input_size=40"],
+    "mobilefacenet": ["backbone=mobilefacenet", "backbone.input_size=112"],
+}
+
+
+def _compose(name, overrides):
+    with initialize_config_module("frtrain.configs", version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def _checkpoint(tmp_path, which: str) -> str:
+    """A frtrain checkpoint of a randomly initialised backbone with non-trivial BatchNorm statistics."""
+    cfg = _compose("train", BACKBONES[which])
+    torch.manual_seed(0)
+    backbone = build("backbone", cfg.backbone)
+    for m in backbone.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    meta = {"backbone": OmegaConf.to_container(cfg.backbone, resolve=True), "input_size": list(backbone.input_size),
+            "mean": list(backbone.mean), "std": list(backbone.std), "embedding_size": backbone.embedding_size}
+    path = str(tmp_path / f"{which}.pt")
+    ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "meta": meta,
+                         "model": backbone.state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("which", sorted(BACKBONES))
+def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path, which):
+    path = _checkpoint(tmp_path, which)
+    out = export(_compose("export", [f"model={path}"]))
+    assert out == path[:-3] + ".onnx"
+    from frtrain.evaluate import load_backbone
+
+    backbone, _ = load_backbone(path)
+    onnx_model = OnnxEmbedder(out)
+    assert onnx_model.input_size == tuple(backbone.input_size) and onnx_model.embedding_size == backbone.embedding_size
+    for batch in (1, 7):  # any batch size: the batch axis is dynamic
+        x = torch.randn(batch, 3, *backbone.input_size, generator=torch.Generator().manual_seed(batch))
+        with torch.inference_mode():
+            ref = torch.nn.functional.normalize(backbone(x), dim=1)
+        got = torch.nn.functional.normalize(onnx_model(x), dim=1)
+        assert got.shape == (batch, backbone.embedding_size)
+        assert float((ref - got).abs().max()) <= 1e-4
+    assert onnx_parity(backbone, out) <= 1e-4
+
+
+def test_evaluating_the_onnx_file_scores_like_the_checkpoint(tmp_path):
+    path = _checkpoint(tmp_path, "iresnet_tiny")
+    onnx_path = export(_compose("export", [f"model={path}", f"out={tmp_path}/m.onnx"]))
+    common = ["benchmarks.synthetic.num_identities=30", "benchmarks.synthetic.images_per_identity=4",
+              "benchmarks.synthetic.num_pairs=400", "benchmarks.synthetic.image_size=40", "eval.num_workers=0",
+              "roc_plot=false"]
+    ref = evaluate(_compose("evaluate", [f"model={path}", f"output_dir={tmp_path}/a"] + common))["synthetic"]
+    got = evaluate(_compose("evaluate", [f"model={onnx_path}", f"output_dir={tmp_path}/b"] + common))["synthetic"]
+    assert got.num_pairs == ref.num_pairs == 400
+    assert abs(got.accuracy - ref.accuracy) <= 1.0 / 400 and got.auc == pytest.approx(ref.auc, abs=1e-4)
+    assert got.xnorm == pytest.approx(ref.xnorm, rel=1e-4)
+
+
+def test_an_onnx_file_without_frtrain_metadata_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
+    with pytest.raises(CheckpointError, match=r"other.onnx: has no 'frtrain_meta' metadata"):
+        OnnxEmbedder(str(tmp_path / "other.onnx"))
