@@ -111,12 +111,15 @@ def set_rng_state(state: dict) -> None:
 
 def describe_mismatch(result, path: str, what: str) -> str | None:
     """One line for a ``load_state_dict(strict=False)`` result with missing or unexpected keys."""
-    if result.missing_keys:
-        extra = f" (and {len(result.missing_keys) - 1} more)" if len(result.missing_keys) > 1 else ""
-        return f"{path}: the {what} weights lack key {result.missing_keys[0]!r}{extra}"
-    if result.unexpected_keys:
-        extra = f" (and {len(result.unexpected_keys) - 1} more)" if len(result.unexpected_keys) > 1 else ""
-        return f"{path}: the {what} weights have unexpected key {result.unexpected_keys[0]!r}{extra}"
+    missing, unexpected = result.missing_keys, result.unexpected_keys
+    more = lambda keys: f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""  # noqa: E731
+    if missing and unexpected:
+        return (f"{path}: the {what} weights lack key {missing[0]!r}{more(missing)} and have unexpected key "
+                f"{unexpected[0]!r}{more(unexpected)}")
+    if missing:
+        return f"{path}: the {what} weights lack key {missing[0]!r}{more(missing)}"
+    if unexpected:
+        return f"{path}: the {what} weights have unexpected key {unexpected[0]!r}{more(unexpected)}"
     return None
 
 

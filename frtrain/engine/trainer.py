@@ -185,6 +185,44 @@ class Trainer:
         self.state = TrainState(**ckpt["train_state"])
         ckpt_io.set_rng_state(ckpt["rng"])
 
+    def init_weights(self, path: str) -> None:
+        """Start from another model's weights (fine-tuning): ``trainer.init_from``.
+
+        ``path``: a frtrain checkpoint (also one imported from insightface), or a plain backbone state dict
+        (insightface's ``backbone.pth``, float16 allowed). The backbone must match exactly (strict load). The
+        head's class vectors are taken when the checkpoint has a ``weight`` of this head's shape and
+        ``trainer.init_head`` is true; a different class count is an error naming both numbers. Heads that
+        keep nothing of that shape start fresh, and the log says so. Optimiser, schedule and step start anew.
+        """
+        from frtrain.interop import plain_state_dict
+
+        path = os.path.abspath(os.path.expanduser(path))
+        obj = ckpt_io.load_file(path)
+        if isinstance(obj, dict) and obj.get("format") == ckpt_io.FORMAT:
+            ckpt_io.load_state_checked(self.backbone, obj["model"], path, "backbone")
+            head_state = obj.get("head") or {}
+        else:
+            ckpt_io.load_state_checked(self.backbone, plain_state_dict(obj, path), path, "backbone")
+            head_state = {}
+        weight = head_state.get("weight")
+        own = getattr(self.head, "weight", None)
+        if not self.tcfg.get("init_head", True) or weight is None or own is None:
+            why = ("trainer.init_head=false" if not self.tcfg.get("init_head", True) else
+                   "the checkpoint has no class vectors" if weight is None else "this head keeps no class vectors")
+            log.info("init_from %s: backbone loaded; the head starts fresh (%s)", path, why)
+            return
+        if weight.ndim != 2 or weight.shape[1] != own.shape[1]:
+            log.info("init_from %s: backbone loaded; the head starts fresh (its class vectors are %s, this head's "
+                     "rows have width %d)", path, tuple(weight.shape), own.shape[1])
+            return
+        if weight.shape[0] != self.head.num_classes:
+            raise CheckpointError(f"{path}: has class vectors for {weight.shape[0]} classes, the training data has "
+                                  f"{self.head.num_classes}; set trainer.init_head=false to start the head fresh")
+        start = self.head.class_start
+        with torch.no_grad():
+            own.copy_(weight[start:start + own.shape[0]].to(own.dtype))
+        log.info("init_from %s: backbone and the %d class vectors loaded", path, weight.shape[0])
+
     def resume_path(self) -> str | None:
         resume = self.tcfg.resume
         if resume in (None, False, "", "null", "none"):
@@ -288,6 +326,8 @@ class Trainer:
     def fit(self) -> dict:
         """Train to ``total_steps`` (resuming first if asked), evaluate, save; returns the last results."""
         path = self.resume_path()
+        if not path and self.tcfg.get("init_from"):
+            self.init_weights(str(self.tcfg.init_from))
         if path:
             self.load_state_dict(ckpt_io.load_checkpoint(path), path)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch,
