@@ -203,7 +203,7 @@ class FaceFolder(Dataset):
         skipped = 0
         while True:
             try:
-                image = self.load(index)
+                image, label = self.sample(index)
                 break
             except CorruptImageError as e:
                 if self.on_corrupt == "raise":
@@ -214,4 +214,8 @@ class FaceFolder(Dataset):
                     raise DataError(f"{self.root}: {skipped} corrupt images in a row from index {int(key[0] if isinstance(key, tuple) else key)}; is the data readable?") from None
                 index = (index + 1) % len(self)
         image = apply_augment(self.augment, image, seed)
-        return to_chw_tensor(image), int(self.labels[index]), skipped
+        return to_chw_tensor(image), label, skipped
+
+    def sample(self, index: int) -> tuple[np.ndarray, int]:
+        """(decoded image at ``input_size``, label) of ``index``; may raise :class:`CorruptImageError`."""
+        return self.load(index), int(self.labels[index])

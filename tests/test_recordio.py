@@ -1,0 +1,122 @@
+"""insightface RecordIO read without mxnet: files from an independent writer in the test, record for record."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from frtrain.data.images import decode_image
+from frtrain.data.recordio import RecordFaces, RecordFile
+from frtrain.data.synthetic import draw_image
+from frtrain.errors import DataError
+
+MAGIC = 0xCED7230A
+
+
+def _frame(payload: bytes) -> bytes:
+    """dmlc framing written independently: split at every 4-aligned magic word (cflag 1/2/3), pad to 4."""
+    magic = struct.pack("<I", MAGIC)
+    cuts = [i for i in range(0, len(payload) - 3, 4) if payload[i:i + 4] == magic]
+    pieces, start = [], 0
+    for c in cuts:
+        pieces.append(payload[start:c])
+        start = c + 4
+    pieces.append(payload[start:])
+    out = b""
+    for i, piece in enumerate(pieces):
+        flag = 0 if len(pieces) == 1 else 1 if i == 0 else 3 if i == len(pieces) - 1 else 2
+        out += struct.pack("<II", MAGIC, (flag << 29) | len(piece)) + piece + b"\x00" * ((4 - len(piece) % 4) % 4)
+    return out
+
+
+def _payload(flag: int, label: float, labels: list[float], image: bytes) -> bytes:
+    return struct.pack("<IfQQ", flag, label, 7, 0) + b"".join(struct.pack("<f", v) for v in labels) + image
+
+
+def _write(tmp_path, images, labels, header0=True, float_arrays=False):
+    rec, idx, offset, lines = b"", [], 0, []
+    entries = []
+    if header0:
+        n = len(images) + 1
+        entries.append((0, _payload(2, 0.0, [float(n), float(n + max(labels) + 1)], b"")))
+    for k, (img, lab) in enumerate(zip(images, labels), 1 if header0 else 0):
+        entries.append((k, _payload(2, 0.0, [float(lab), 0.5], img) if float_arrays else _payload(0, float(lab), [], img)))
+    for key, payload in entries:
+        lines.append(f"{key}\t{len(rec)}")
+        rec += _frame(payload)
+    (tmp_path / "train.rec").write_bytes(rec)
+    (tmp_path / "train.idx").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def _images(n):
+    return [draw_image(0, 0, i % 3, i, 24) for i in range(n)]
+
+
+@pytest.mark.parametrize("header0, float_arrays", [(True, False), (True, True), (False, False)])
+def test_records_are_read_back_image_for_image_and_label_for_label(tmp_path, header0, float_arrays):
+    images, labels = _images(7), [0, 1, 2, 0, 1, 2, 2]
+    _write(tmp_path, images, labels, header0, float_arrays)
+    f = RecordFile(str(tmp_path / "train.rec"))
+    assert f.image_keys == (list(range(1, 8)) if header0 else list(range(7)))
+    for k, img, lab in zip(f.image_keys, images, labels):
+        got_labels, got_img = f.record(k)
+        assert got_img == img and int(got_labels[0]) == lab
+        if float_arrays:
+            assert got_labels.tolist() == [float(lab), 0.5]
+    data = RecordFaces(str(tmp_path), input_size=(24, 24), augment=[])
+    assert len(data) == 7 and data.num_classes == 3
+    image, label, skipped = data[4]
+    assert label == labels[4] and skipped == 0
+    assert np.array_equal(image.numpy().transpose(1, 2, 0), decode_image(images[4], "x"))
+
+
+def test_a_payload_holding_the_magic_word_is_split_and_joined(tmp_path):
+    evil = b"\xff\xd8" + b"ab" + struct.pack("<I", MAGIC) + b"cdef" + struct.pack("<I", MAGIC) + b"xyz"
+    # 24-byte header + 4 bytes: the magic words sit at 4-aligned payload positions 28 and 36
+    _write(tmp_path, [evil], [0], header0=False)
+    raw = (tmp_path / "train.rec").read_bytes()
+    assert [(struct.unpack_from("<I", raw, o + 4)[0] >> 29) for o in (0, 36, 48)] == [1, 2, 3]
+    assert RecordFile(str(tmp_path / "train.rec")).record(0)[1] == evil
+
+
+def test_bad_files_fail_with_the_offset_or_the_record(tmp_path):
+    _write(tmp_path, _images(3), [0, 1, 1], header0=False)
+    raw = bytearray((tmp_path / "train.rec").read_bytes())
+    second = int((tmp_path / "train.idx").read_text().splitlines()[1].split()[1])
+    raw[second:second + 4] = b"\0\0\0\0"
+    (tmp_path / "train.rec").write_bytes(bytes(raw))
+    f = RecordFile(str(tmp_path / "train.rec"))
+    with pytest.raises(DataError, match=rf"train.rec: bad magic 0x00000000 at byte offset {second}"):
+        f.record(1)
+    (tmp_path / "train.idx").write_text(f"0\t0\n1\t{len(raw) + 100}\n")
+    with pytest.raises(DataError, match=rf"train.idx: record 1 points to byte offset {len(raw) + 100}, past the end"):
+        RecordFile(str(tmp_path / "train.rec"))
+
+
+def test_folder2rec_then_rec2folder_round_trip_and_the_data_config(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import folder2rec
+    import rec2folder
+
+    from frtrain.engine.build import build
+    from frtrain.engine.trainer import _LOADER_KEYS
+
+    from conftest import compose_train
+
+    src = tmp_path / "faces"
+    for person in ("alice", "bob"):
+        for k in range(3):
+            (src / person).mkdir(parents=True, exist_ok=True)
+            (src / person / f"{k}.jpg").write_bytes(draw_image(0, 0, len(person), k, 24))
+    assert folder2rec.main([str(src), str(tmp_path / "rec")]) == 0
+    cfg = compose_train(["data=rec", f"data.root={tmp_path / 'rec'}", "data.augment=[]"])
+    data = build("data", cfg.data, exclude=_LOADER_KEYS, input_size=(24, 24))
+    assert len(data) == 6 and data.num_classes == 2 and [data[i][1] for i in range(6)] == [0, 0, 0, 1, 1, 1]
+    assert rec2folder.main([str(tmp_path / "rec"), str(tmp_path / "back")]) == 0
+    assert (tmp_path / "back" / "000001" / "4.jpg").read_bytes() == (src / "bob" / "0.jpg").read_bytes()
