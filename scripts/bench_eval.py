@@ -82,14 +82,15 @@ def measure(bench, model_name: str, device: str, workers: int, repeats: int, bat
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [BEGIN, "## Evaluator throughput (scripts/bench_eval.py)", "",
-             f"`{meta['command']}` on {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads; "
+             f"On {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads; "
              f"{meta['benchmark']}: {meta['pairs']} pairs, {meta['images']} distinct images (each decoded once; "
-             f"`score` embeds each image and its flip). Median of {meta['repeats']} runs. Random weights.", "",
-             "| model | input | device | workers | stage | seconds | pairs/s | images/s |",
-             "|---|---|---|---:|---|---:|---:|---:|"]
+             "`score` embeds each image and its flip, 32 images per forward pass on CPU). Median of the runs "
+             "given. Random weights. Each row's command is in docs/bench_eval.json.", "",
+             "| model | input | device | workers | stage | runs | seconds | pairs/s | images/s |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['input']} | {r['device']} | {r['workers']} | {r['stage']} | "
-                     f"{r['seconds']:.1f} | {r['pairs_per_s']:.0f} | {r['images_per_s']:.0f} |")
+                     f"{len(r['times'])} | {r['seconds']:.1f} | {r['pairs_per_s']:.1f} | {r['images_per_s']:.1f} |")
     if "cuda" not in {r["device"] for r in rows}:
         lines += ["", "CUDA: not measured (no GPU on the machine that ran this)."]
     lines.append(END)
@@ -128,6 +129,14 @@ def main(argv=None) -> None:
                        + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "benchmark": described,
             "pairs": bench.num_pairs, "images": bench.num_images, "repeats": args.repeats}
+    if args.json.is_file():  # keep earlier rows of the models/devices not measured now (same benchmark)
+        old = json.loads(args.json.read_text())
+        if old["meta"]["benchmark"] == meta["benchmark"]:
+            done = {(r["model"], r["device"]) for r in rows}
+            rows = [r for r in old["rows"] if (r["model"], r["device"]) not in done] + rows
+    for r in rows:
+        r.setdefault("command", meta["command"])
+        r.setdefault("repeats", args.repeats)
     write_docs(rows, meta, args.json, args.markdown)
     print(markdown(rows, meta))
 

@@ -38,22 +38,31 @@ def decode_all(load: Callable[[int], np.ndarray], count: int, batch_size: int = 
 @torch.inference_mode()
 def embed_batches(model: EmbedFn, batches, mean: Sequence[float], std: Sequence[float],
                   device: torch.device, flip: str = "sum", progress: Callable | None = None,
-                  autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, float]:
+                  autocast_dtype: torch.dtype | None = None, forward_batch: int | None = None) -> tuple[np.ndarray, float]:
     """Embed uint8 image batches.
+
+    ``forward_batch``: images per forward pass (batches are split); None: 32 on CPU, whole batches on
+    CUDA. On CPU, big batches are memory-bound: MobileFaceNet at 112x112 on 2 cores embeds 49 images/s
+    in batches of 32 and 26 images/s in batches of 256.
 
     Returns ``(embeddings, xnorm)``: (N, d') float32, with d' = d for ``flip`` ``sum``/``none`` and 2d for
     ``concat``; xnorm is the mean L2 norm of the raw embeddings of the images (and of their flips).
     """
     if flip not in ("sum", "concat", "none"):
         raise ValueError(f"flip must be 'sum', 'concat' or 'none', got {flip!r}")
+    if forward_batch is None:
+        forward_batch = 32 if device.type == "cpu" else 1 << 30
+
+    def forward(x):
+        return torch.cat([model(c).float() for c in x.split(forward_batch)])
+
     out, norm_sum, norm_count = [], 0.0, 0
     for images in (progress(batches) if progress else batches):
         x = normalize_batch(images.to(device, non_blocking=True), mean, std)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            e = model(x).float()
-            parts = [e]
+            parts = [forward(x)]
             if flip != "none":
-                parts.append(model(torch.flip(x, dims=[3])).float())
+                parts.append(forward(torch.flip(x, dims=[3])))
         for p in parts:
             norm_sum += float(p.norm(dim=1).sum())
             norm_count += p.shape[0]
