@@ -135,7 +135,7 @@ def test_fine_tune_from_an_imported_directory_and_from_a_bare_backbone(tmp_path,
     """frtrain-import-insightface, then frtrain-train trainer.init_from=...: weights and class vectors are used."""
     from frtrain.train import train
 
-    model, _ = _backbone()
+    model, _ = _backbone(seed=3)  # not the seed training starts from, so an ignored init_from shows
     w = torch.randn(60, model.embedding_size)  # TINY_DATA has 60 identities
     d = _training_dir(tmp_path, model, [w[:31], w[31:]])
     out = str(tmp_path / "frtrain.pt")
@@ -150,6 +150,9 @@ def test_fine_tune_from_an_imported_directory_and_from_a_bare_backbone(tmp_path,
     # a bare backbone.pth: backbone loaded, the head starts fresh (and the log says so)
     train(compose_train(TINY_DATA + frozen[:-1] + [f"trainer.init_from={d}/backbone.pth", "head=npt",
                                                   f"output_dir={tmp_path}/run2"]))
+    bare = torch.load(ckpt_io.latest_checkpoint(f"{tmp_path}/run2"), weights_only=True)
+    assert all(torch.equal(bare["model"][k], params[k]) for k in params)
+    assert bare["head"]["weight"].shape == w.shape and not torch.equal(bare["head"]["weight"], w)
     # a class count that does not match the data fails with both numbers
     torch.save({**torch.load(out, weights_only=True), "head": {"weight": torch.randn(7, model.embedding_size)}},
                tmp_path / "seven.pt")
