@@ -3,6 +3,7 @@
     frtrain-train                                   # MobileFaceNet-class CPU default on synthetic faces
     frtrain-train backbone=iresnet18 head=cosface data=folder data.root=/data/casia optim.lr=0.05
     frtrain-train -m head=arcface,cosface           # Hydra multirun
+    torchrun --nproc_per_node=8 -m frtrain.train data=rec data.root=/data/ms1m-retinaface-t1 output_dir=runs/ms1m
 
 Config groups (``frtrain/configs``): backbone, head, data, eval, optim, sched, trainer, experiment, debug.
 """
@@ -76,7 +77,10 @@ def build_verifier(cfg: DictConfig, backbone, cache_images: bool = True):
 def train(cfg: DictConfig) -> dict:
     """Build everything ``cfg`` describes and train; returns the final verification results by name."""
     D.init_from_env()
-    out_dir = output_dir(cfg)
+    if not D.is_main():  # rank 0 logs, evaluates and writes; the others only warn
+        log.setLevel(logging.WARNING)
+    # every rank writes to rank 0's directory (Hydra's timestamped run directory can differ between ranks)
+    out_dir = D.broadcast_object(output_dir(cfg))
     os.makedirs(out_dir, exist_ok=True)
     seed = int(cfg.seed)
     seed_everything(seed + D.rank())
@@ -106,7 +110,10 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 @report_errors("frtrain-train")
 def main(cfg: DictConfig) -> float | None:
-    results = train(cfg)
+    try:
+        results = train(cfg)
+    finally:
+        D.shutdown()
     first = next(iter(results.values()), None)
     return None if first is None else first["accuracy"]
 

@@ -81,3 +81,134 @@ def test_sharded_head_equals_the_single_process_head(tmp_path, name):
             else:  # replicated parameters (e.g. a learnt scale): each rank holds its share, they sum up
                 other = torch.load(tmp_path / f"rank{1 - rank}.pt", weights_only=True)["grads"][k]
                 torch.testing.assert_close(g + other, p.grad, rtol=1e-9, atol=1e-12, msg=f"{name}.{k}")
+
+
+# -- DDP with a sharded head: the backbone's gradient and the clipping norm ------------------------------
+
+def _backbone():
+    torch.manual_seed(2)
+    return torch.nn.Linear(5, d).double()
+
+
+def _images():
+    return torch.randn(WORLD * B, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
+def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
+    full = _full_parameters("arcface")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        backbone = _backbone()
+        model = D.wrap_ddp(backbone, torch.device("cpu"))
+        head = _head("arcface")
+        start, count = D.shard_range(C)
+        with torch.no_grad():
+            head.weight.copy_(full["weight"][start:start + count])
+        _, y = _inputs()
+        images = _images()[rank * B:(rank + 1) * B]
+        loss = head(model(images), y[rank * B:(rank + 1) * B])
+        loss.backward()
+        norm = D.clip_grad_norm(list(backbone.parameters()), [head.weight], max_norm=1e9)
+        torch.save({"grads": {k: p.grad for k, p in backbone.named_parameters()}, "norm": norm},
+                   os.path.join(out_dir, f"ddp{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_backbone_gradient_and_clip_norm_equal_one_process(tmp_path):
+    """The summing DDP hook: 2 ranks' backbone gradient is that of the global loss, not 1/W of it."""
+    backbone, head = _backbone(), _head("arcface")
+    with torch.no_grad():
+        head.weight.copy_(_full_parameters("arcface")["weight"])
+    _, y = _inputs()
+    head(backbone(_images()), y).backward()
+    params = list(backbone.parameters()) + [head.weight]
+    ref_norm = float(torch.sqrt(sum((p.grad ** 2).sum() for p in params)))
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "rdzv"), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"ddp{rank}.pt", weights_only=True)
+        for k, p in backbone.named_parameters():
+            torch.testing.assert_close(got["grads"][k], p.grad, rtol=1e-9, atol=1e-12, msg=f"backbone {k}")
+        assert got["norm"] == pytest.approx(ref_norm, rel=1e-9)
+
+
+# -- checkpoints of a sharded head: whole on disk, resharded on load ------------------------------------
+
+def _center_model(full):
+    """The center-loss head (weight, bias and centres, centres with their own learning rate) holding this
+    rank's slice of ``full``, and an SGD optimiser with momentum that also steps a backbone-like tensor."""
+    head = _head("center")
+    start, count = D.shard_range(C)
+    with torch.no_grad():
+        for k, p in head.named_parameters():
+            p.copy_(full[k][start:start + count])
+    groups = [{"params": [torch.nn.Parameter(torch.ones(3, dtype=torch.float64))]}] + head.param_groups()
+    optimizer = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+    return head, optimizer
+
+
+def _step(head, optimizer, rank: int, world: int) -> None:
+    x, y = _inputs()
+    per = x.shape[0] // world
+    loss = head(x[rank * per:(rank + 1) * per], y[rank * per:(rank + 1) * per])
+    (loss + optimizer.param_groups[0]["params"][0].sum()).backward()
+    optimizer.step()
+
+
+def _shard_worker(rank: int, world: int, init_file: str, out_dir: str, mode: str) -> None:
+    from frtrain.engine import sharded_state
+
+    full = _full_parameters("center")  # all C rows: built before the process group exists
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        head, optimizer = _center_model(full)
+        if mode == "save":
+            _step(head, optimizer, rank, world)
+        else:  # load the whole state written by 2 ranks, then write it whole again
+            whole = torch.load(os.path.join(out_dir, "whole.pt"), weights_only=True)
+            head.load_state_dict(sharded_state.load_head(head, whole["head"], "whole.pt"))
+            optimizer.load_state_dict(sharded_state.load_optimizer(optimizer, head, whole["optimizer"], "whole.pt"))
+            torch.save({"head": head.state_dict(), "optimizer": optimizer.state_dict(), "range": D.shard_range(C)},
+                       os.path.join(out_dir, f"local{rank}.pt"))
+        saved = {"head": sharded_state.save_head(head), "optimizer": sharded_state.save_optimizer(optimizer, head)}
+        if rank == 0:
+            torch.save(saved, os.path.join(out_dir, "whole.pt" if mode == "save" else "again.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_sharded_checkpoint_is_whole_and_reshards_on_another_world_size(tmp_path):
+    from frtrain.engine import sharded_state
+
+    head, optimizer = _center_model(_full_parameters("center"))  # one process: all 11 rows
+    _step(head, optimizer, 0, 1)
+    mp.spawn(_shard_worker, args=(2, str(tmp_path / "rdzv2"), str(tmp_path), "save"), nprocs=2, join=True)
+    whole = torch.load(tmp_path / "whole.pt", weights_only=True)
+    # saved by 2 ranks (6 + 5 rows) = the one-process head and momentum after the same step
+    for k, v in head.state_dict().items():
+        torch.testing.assert_close(whole["head"][k], v, rtol=1e-10, atol=1e-12, msg=k)
+    ref_state = optimizer.state_dict()["state"]
+    assert sorted(whole["optimizer"]["state"]) == sorted(ref_state) == [0, 1, 2, 3]
+    for i, entry in ref_state.items():
+        torch.testing.assert_close(whole["optimizer"]["state"][i]["momentum_buffer"], entry["momentum_buffer"],
+                                   rtol=1e-10, atol=1e-12, msg=f"momentum of parameter {i}")
+    # 3 ranks (4 + 4 + 3 rows) each take their slice, and write the same whole state again
+    mp.spawn(_shard_worker, args=(3, str(tmp_path / "rdzv3"), str(tmp_path), "load"), nprocs=3, join=True)
+    for rank in range(3):
+        local = torch.load(tmp_path / f"local{rank}.pt", weights_only=True)
+        start, count = local["range"]
+        assert count == (4 if rank < 2 else 3)
+        for k in ("weight", "bias", "centers"):
+            assert torch.equal(local["head"][k], whole["head"][k][start:start + count])
+        for i in (1, 2, 3):
+            assert torch.equal(local["optimizer"]["state"][i]["momentum_buffer"],
+                               whole["optimizer"]["state"][i]["momentum_buffer"][start:start + count])
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    for k, v in whole["head"].items():
+        assert torch.equal(again["head"][k], v), k
+    # and one process loads it whole
+    head1, optimizer1 = _center_model(_full_parameters("center"))
+    head1.load_state_dict(sharded_state.load_head(head1, whole["head"], "whole.pt"))
+    optimizer1.load_state_dict(sharded_state.load_optimizer(optimizer1, head1, whole["optimizer"], "whole.pt"))
+    assert torch.equal(optimizer1.state_dict()["state"][3]["momentum_buffer"],
+                       whole["optimizer"]["state"][3]["momentum_buffer"])

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from frtrain.data.folder import FaceFolder
 from frtrain.data.images import encode_jpeg
 from frtrain.errors import ConfigError
+from frtrain.engine import distributed as D
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,8 @@ def generate_identity_folder(root: str | os.PathLike, num_identities: int, image
         return root
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    for identity in tqdm(range(num_identities), desc=f"generating synthetic faces in {root}", unit="id", leave=False):
+    for identity in tqdm(range(num_identities), desc=f"generating synthetic faces in {root}", unit="id", leave=False,
+                         disable=not D.is_main()):
         d = tmp / f"id_{identity:05d}"
         d.mkdir(exist_ok=True)
         for image in range(images_per_identity):
@@ -256,7 +258,8 @@ def generate_verification_bin(path: str | os.PathLike, num_identities: int, imag
     pairs = make_verification_pairs(num_identities, images_per_identity, num_pairs, seed)
     cache: dict[tuple[int, int], bytes] = {}
     bins, issame = [], []
-    for a, b, same in tqdm(pairs, desc=f"generating synthetic verification pairs {path.name}", unit="pair", leave=False):
+    for a, b, same in tqdm(pairs, desc=f"generating synthetic verification pairs {path.name}", unit="pair", leave=False,
+                        disable=not D.is_main()):
         for key in (a, b):
             if key not in cache:
                 cache[key] = draw_image(seed, _VERIFY, key[0], key[1], image_size)

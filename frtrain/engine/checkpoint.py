@@ -4,7 +4,9 @@ Keys (constant, pinned by a test): ``format`` (``frtrain-checkpoint``), ``versio
 backbone and head configs, num_classes, embedding and input size, normalisation: enough to rebuild the
 model without the run's config), ``model`` (backbone state dict), ``head``, ``optimizer``,
 ``lr_scheduler``, ``grad_scaler``, ``train_state`` (step, epoch, batch within the epoch, best score),
-``rng`` (torch, CUDA, numpy and Python generator states).
+``rng`` (a list: each rank's torch, CUDA, numpy and Python generator states). The head's class rows and
+their optimiser state are whole (all C rows, gathered from every rank), so a checkpoint resumes on any
+number of ranks (:mod:`frtrain.engine.sharded_state`).
 """
 
 from __future__ import annotations
@@ -39,20 +41,24 @@ def save_atomic(obj: Any, path: str) -> None:
             os.remove(tmp)
 
 
-def load_file(path: str, map_location="cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line errors naming the file."""
+def load_file(path: str, map_location="cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file.
+
+    ``mmap=True`` maps the tensors from the file instead of reading them, so each rank of a resumed run
+    reads only its slice of a large head.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # unpickling refused or corrupt file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({first})") from None
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
+def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> dict:
     """A frtrain checkpoint (see module docstring); anything else raises :class:`CheckpointError`."""
-    ckpt = load_file(path, map_location)
+    ckpt = load_file(path, map_location, mmap)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a frtrain checkpoint (no 'format': '{FORMAT}' entry)")
     return ckpt

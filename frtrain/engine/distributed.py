@@ -22,7 +22,15 @@ those of the same head on one process):
   the summing backward of :func:`gather_features` it is counted exactly once.
 
 With these rules the loss of a W-rank job equals the single-process loss on the concatenated batch,
-and so do the gradients w.r.t. embeddings and class vectors.
+and so do the gradients w.r.t. embeddings and class vectors. Each rank's backbone then holds the
+gradient of that global loss through its own samples only, so the backbone's data-parallel all-reduce
+must **sum** over ranks, not average (DistributedDataParallel's default): :func:`wrap_ddp` installs a
+summing communication hook. insightface reaches the same result by multiplying the gathered gradient
+by W and letting DDP average.
+
+Checkpoints: :func:`gather_rows` collects every rank's slice of a class matrix on rank 0, so a
+checkpoint holds all C rows whatever the world size, and :func:`shard_range` slices it again on load
+(see :mod:`frtrain.engine.sharded_state`).
 """
 
 from __future__ import annotations
@@ -217,3 +225,90 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_objects(obj) -> list | None:
+    """Rank 0: ``[obj of rank 0, obj of rank 1, ...]``; other ranks: None. One process: ``[obj]``."""
+    if not is_distributed():
+        return [obj]
+    box = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, box, dst=0)
+    return box
+
+
+def gather_rows(t: torch.Tensor, num_items: int) -> torch.Tensor | None:
+    """Rank 0: the (num_items, ...) matrix whose rows every rank holds a :func:`shard_range` slice of.
+
+    ``t``: this rank's (count, ...) slice. Returns the whole matrix on the CPU on rank 0 and None on the
+    other ranks; in one process, ``t`` on the CPU. Uneven slices are padded to the largest for the
+    collective. Rank 0 briefly holds W padded slices on ``t``'s device (the whole matrix).
+    """
+    t = t.detach()
+    if not is_distributed():
+        return t.cpu()
+    start, count = shard_range(num_items)
+    if t.shape[0] != count:
+        raise ValueError(f"gather_rows: rank {rank()} holds {t.shape[0]} rows, its slice of {num_items} has {count}")
+    largest = shard_range(num_items, 0)[1]
+    padded = t.new_zeros((largest,) + tuple(t.shape[1:]))
+    padded[:count] = t
+    parts = [torch.empty_like(padded) for _ in range(world_size())] if is_main() else None
+    dist.gather(padded, parts, dst=0)
+    if not is_main():
+        return None
+    return torch.cat([p[: shard_range(num_items, r)[1]].cpu() for r, p in enumerate(parts)])
+
+
+def _sum_allreduce_hook(state, bucket):
+    """DDP communication hook: gradients summed over ranks (DDP's default hook averages)."""
+    future = dist.all_reduce(bucket.buffer(), async_op=True).get_future()
+    return future.then(lambda f: f.value()[0])
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel with gradients summed over ranks (see the module docstring);
+    ``module`` itself in one process."""
+    if not is_distributed():
+        return module
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None
+    )
+    ddp.register_comm_hook(None, _sum_allreduce_hook)
+    return ddp
+
+
+def sum_gradients(params) -> None:
+    """Sum the gradients of parameters every rank holds a copy of (a head's non-class parameters)."""
+    if not is_distributed():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def clip_grad_norm(replicated_params, sharded_params, max_norm: float) -> float:
+    """Clip by the norm of the whole model's gradient; returns that norm (before clipping).
+
+    ``replicated_params``: identical on every rank, gradients already combined (the backbone after DDP);
+    ``sharded_params``: each rank's slice of the class rows, whose squared norms add up over ranks. Every
+    rank gets the same norm and scales by the same factor, ``max_norm / (norm + 1e-6)`` capped at 1, as
+    ``torch.nn.utils.clip_grad_norm_`` does in one process.
+    """
+    def squares(params):
+        grads = [p.grad for p in params if p.grad is not None]
+        return sum((g.detach().double() ** 2).sum() for g in grads) if grads else torch.zeros((), dtype=torch.float64)
+
+    sharded = [p for p in sharded_params if p.grad is not None]
+    replicated_sq = squares(replicated_params)
+    sharded_sq = squares(sharded)
+    if is_distributed():
+        device = sharded[0].grad.device if sharded else "cpu"
+        sharded_sq = torch.as_tensor(sharded_sq, device=device).clone()
+        dist.all_reduce(sharded_sq, op=dist.ReduceOp.SUM)
+    norm = float(torch.sqrt(torch.as_tensor(replicated_sq).cpu() + torch.as_tensor(sharded_sq).cpu()))
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    if coef < 1.0:
+        for p in list(replicated_params) + sharded:
+            if p.grad is not None:
+                p.grad.mul_(coef)
+    return norm

@@ -25,6 +25,7 @@ from frtrain.data.loader import ResumableBatchSampler, make_loader
 from frtrain.data.transforms import normalize_batch
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine import distributed as D
+from frtrain.engine import sharded_state
 from frtrain.engine.build import build
 from frtrain.errors import CheckpointError, ConfigError, FrtrainError
 
@@ -47,6 +48,7 @@ class TrainState:
     best_score: float = -1.0
     best_step: int = -1
     images_seen: int = 0
+    images_per_batch: int = 0  # images of one micro-batch over all ranks (batch_size x world size)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,11 +126,7 @@ class Trainer:
         if self.accumulate < 1:
             raise ConfigError(f"trainer.accumulate={self.accumulate}: expected a positive integer")
 
-        self.model = self.backbone
-        if D.is_distributed():
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.backbone, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self.model = D.wrap_ddp(self.backbone, self.device)
 
         batch_size = int(cfg.data.batch_size)
         self.sampler = ResumableBatchSampler(len(dataset), batch_size, seed=int(cfg.seed), rank=D.rank(),
@@ -155,7 +153,7 @@ class Trainer:
         self.lr_lambda = build("sched", cfg.sched)(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.state = TrainState()
+        self.state = TrainState(images_per_batch=batch_size * D.world_size())
         self.writer = SummaryWriter(os.path.join(out_dir, "tb")) if self.is_main else None
         self.corrupt_skipped = 0
         self.last_results: dict = {}
@@ -164,26 +162,56 @@ class Trainer:
         self.train_seconds = 0.0
 
     # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict | None:
+        """The checkpoint (see :mod:`frtrain.engine.checkpoint`) on rank 0, None on the other ranks.
+
+        A collective: every rank calls it. The head's class rows and their optimiser state are gathered
+        whole (:mod:`frtrain.engine.sharded_state`), and ``rng`` lists every rank's generator states.
+        """
+        head = sharded_state.save_head(self.head)
+        optimizer = sharded_state.save_optimizer(self.optimizer, self.head)
+        rng = D.gather_objects(ckpt_io.rng_state())
+        if not self.is_main:
+            return None
         return {
             "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "meta": self.meta,
-            "model": self.backbone.state_dict(), "head": self.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.scheduler.state_dict(),
-            "grad_scaler": self.scaler.state_dict(), "train_state": asdict(self.state), "rng": ckpt_io.rng_state(),
+            "model": self.backbone.state_dict(), "head": head,
+            "optimizer": optimizer, "lr_scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(), "train_state": asdict(self.state), "rng": rng,
         }
 
     def load_state_dict(self, ckpt: dict, path: str) -> None:
+        """Resume from ``ckpt`` on any number of ranks: this rank takes its slice of the class rows."""
         check_compatible(ckpt["meta"], self.meta, path)
         ckpt_io.load_state_checked(self.backbone, ckpt["model"], path, "backbone")
-        ckpt_io.load_state_checked(self.head, ckpt["head"], path, "head")
+        ckpt_io.load_state_checked(self.head, sharded_state.load_head(self.head, ckpt["head"], path), path, "head")
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(sharded_state.load_optimizer(self.optimizer, self.head, ckpt["optimizer"],
+                                                                        path))
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{path}: optimizer state does not fit this run ({e})") from None
         self.scheduler.load_state_dict(ckpt["lr_scheduler"])
         self.scaler.load_state_dict(ckpt["grad_scaler"])
+        images_per_batch = self.state.images_per_batch
         self.state = TrainState(**ckpt["train_state"])
-        ckpt_io.set_rng_state(ckpt["rng"])
+        self.state.images_per_batch = images_per_batch
+        saved_batch = int(ckpt["train_state"].get("images_per_batch") or images_per_batch)
+        if saved_batch != images_per_batch:
+            # another global batch (world size x data.batch_size): continue at the same place of the epoch's
+            # sample order, rounded down to an optimiser-step boundary
+            seen = self.state.batch_in_epoch * saved_batch
+            self.state.batch_in_epoch = seen // images_per_batch // self.accumulate * self.accumulate
+            log.warning("%s: saved with %d images per batch over all ranks, this run has %d: the epoch resumes at "
+                        "batch %d (image %d of its order); the run is not identical to an uninterrupted one",
+                        path, saved_batch, images_per_batch, self.state.batch_in_epoch, seen)
+        states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+        if len(states) == D.world_size():
+            ckpt_io.set_rng_state(states[D.rank()])
+        else:
+            ckpt_io.set_rng_state(states[0])
+            torch.manual_seed(int(self.cfg.seed) * 1_000_003 + self.state.step * 1009 + D.rank())
+            log.warning("%s: saved by %d ranks, this run has %d: random generators re-seeded from the step and rank",
+                        path, len(states), D.world_size())
 
     def init_weights(self, path: str) -> None:
         """Start from another model's weights (fine-tuning): ``trainer.init_from``.
@@ -242,9 +270,10 @@ class Trainer:
     def save(self, name: str | None = None) -> str | None:
         """Write a checkpoint on rank 0 (``step-N.pt``, or ``name``) and prune old step files; all ranks sync."""
         path = None
+        state = self.state_dict()  # a collective: every rank takes part
         if self.is_main:
             path = os.path.join(self.ckpt_dir, name or f"step-{self.state.step:08d}.pt")
-            ckpt_io.save_atomic(self.state_dict(), path)
+            ckpt_io.save_atomic(state, path)
             if name is None:
                 ckpt_io.prune(self.ckpt_dir, int(self.tcfg.keep_last))
         D.barrier()
@@ -264,10 +293,14 @@ class Trainer:
 
     def optimizer_step(self) -> float | None:
         grad_norm = None
+        sharded = {id(getattr(self.head, n)) for n in sharded_state.class_row_names(self.head)}
+        head_replicated = [p for p in self.head.parameters() if id(p) not in sharded]
+        D.sum_gradients(head_replicated)  # each rank holds its share of their gradient
         if self.tcfg.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float(self.tcfg.clip_grad_norm)))
+            grad_norm = D.clip_grad_norm([p for p in params if id(p) not in sharded],
+                                         [p for p in params if id(p) in sharded], float(self.tcfg.clip_grad_norm))
             if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
                 raise TrainingDiverged(f"gradient norm is {grad_norm} at step {self.state.step + 1}; lower optim.lr")
         self.scaler.step(self.optimizer)
@@ -329,7 +362,7 @@ class Trainer:
         if not path and self.tcfg.get("init_from"):
             self.init_weights(str(self.tcfg.init_from))
         if path:
-            self.load_state_dict(ckpt_io.load_checkpoint(path), path)
+            self.load_state_dict(ckpt_io.load_checkpoint(path, mmap=True), path)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch,
                      self.state.batch_in_epoch)
         tcfg = self.tcfg

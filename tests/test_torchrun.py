@@ -1,0 +1,107 @@
+"""``torchrun --nproc_per_node=2 -m frtrain.train`` on CPU (gloo): it learns, resumes bit-identically, and its
+checkpoints resume on one process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from frtrain.engine.checkpoint import load_checkpoint
+from frtrain.train import train
+
+from conftest import TINY_DATA, TINY_EVAL, compose_train
+
+#: 2 ranks x 16 images = the global batch of 32 of the one-process tests
+PER_RANK = ["data.batch_size=16", "trainer.threads=1"]
+
+
+def torchrun(tmp_path, name: str, extra: list[str], nproc: int = 2):
+    out = tmp_path / name
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "frtrain.train", *TINY_DATA, *PER_RANK, f"output_dir={out}", *extra]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return out, proc
+
+
+def _checkpoint(run, step: int) -> dict:
+    return load_checkpoint(str(run / "checkpoints" / f"step-{step:08d}.pt"))
+
+
+def _assert_same_weights(a: dict, b: dict, exact: bool = True) -> None:
+    for part in ("model", "head"):
+        assert list(a[part]) == list(b[part])
+        for key in a[part]:
+            if exact:
+                assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+            else:
+                torch.testing.assert_close(a[part][key], b[part][key], msg=f"{part}.{key}")
+    for i, entry in a["optimizer"]["state"].items():
+        assert torch.equal(entry["momentum_buffer"], b["optimizer"]["state"][i]["momentum_buffer"]), f"momentum {i}"
+
+
+def test_two_processes_train_and_verification_accuracy_rises(tmp_path):
+    out, proc = torchrun(tmp_path, "ddp", TINY_EVAL + ["trainer.max_steps=200", "eval.every_steps=100",
+                                                       "eval.at_start=true"])
+    summary = json.loads((out / "results.json").read_text())
+    acc = {e["step"]: e["accuracy"] for e in summary["history"]["eval"]}
+    losses = [e["loss"] for e in summary["history"]["loss"]]
+    assert acc[0] < 0.65 and acc[200] >= 0.70 and acc[200] - acc[0] >= 0.12, acc
+    assert losses[-1] < 0.75 * losses[0], losses
+    assert proc.stdout.count("verification on synthetic") == 1  # rank 0 alone reports
+    ckpt = _checkpoint(out, 200)
+    assert ckpt["meta"]["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert ckpt["head"]["weight"].shape == (60, 128)  # both ranks' 30 class vectors, whole
+
+
+RESUME = ["eval=none", "trainer.max_steps=12", "trainer.checkpoint_every=6", "trainer.keep_last=5",
+          "sched.warmup_epochs=0.05", "backbone.dropout=0.2", "trainer.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """An uninterrupted 2-rank run of 12 steps (Partial FC sampling, dropout), and one resumed from its step 6."""
+    tmp = tmp_path_factory.mktemp("resume2")
+    full, _ = torchrun(tmp, "full", RESUME + ["head.sample_rate=0.5"])
+    resumed, _ = torchrun(tmp, "resumed", RESUME + ["head.sample_rate=0.5",
+                                                    f"trainer.resume={full / 'checkpoints' / 'step-00000006.pt'}"])
+    return full, resumed
+
+
+def test_two_process_resume_is_bit_identical_to_the_uninterrupted_run(two_rank_runs):
+    full, resumed = two_rank_runs
+    a, b = _checkpoint(full, 12), _checkpoint(resumed, 12)
+    _assert_same_weights(a, b)
+    assert a["train_state"] == b["train_state"]
+    for ra, rb in zip(a["rng"], b["rng"]):
+        assert torch.equal(ra["torch"], rb["torch"])
+    loss = lambda run: [e["loss"] for e in json.loads((run / "results.json").read_text())["history"]["loss"]]  # noqa: E731
+    assert loss(full)[6:] == loss(resumed)
+
+
+def _one_process(tmp_path, name: str, extra: list[str]):
+    out = tmp_path / name
+    train(compose_train(TINY_DATA + ["data.batch_size=32", f"output_dir={out}"] + extra))
+    return out
+
+
+def test_a_two_rank_checkpoint_resumes_on_one_process(tmp_path, two_rank_runs):
+    full, _ = two_rank_runs
+    step6 = full / "checkpoints" / "step-00000006.pt"
+    # loaded on one process (all 60 classes) and saved again without a step: the same checkpoint
+    same = _one_process(tmp_path, "reload", RESUME + ["head.sample_rate=0.5", "trainer.max_steps=6",
+                                                      f"trainer.resume={step6}"])
+    _assert_same_weights(load_checkpoint(str(step6)), _checkpoint(same, 6))
+    # and it trains on from there: same global batch (32), same samples; BatchNorm now sees 32 images at once
+    # instead of 2 x 16, and Partial FC draws other negatives, so the losses are close, not equal
+    cont = _one_process(tmp_path, "continued", RESUME + ["head.sample_rate=0.5", f"trainer.resume={step6}"])
+    assert _checkpoint(cont, 12)["train_state"]["step"] == 12
+    two = [e["loss"] for e in json.loads((full / "results.json").read_text())["history"]["loss"]][6:]
+    one = [e["loss"] for e in json.loads((cont / "results.json").read_text())["history"]["loss"]]
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two):
+        assert abs(a - b) < 0.05 * b, (one, two)
