@@ -16,3 +16,23 @@ def write_section(section: str, begin: str, end: str, out_md: Path, out_json: Pa
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     out_md.write_text(text)
+
+
+def run_record(script: str, argv, args=None, rows=None, **extra) -> dict:
+    """What every benchmark's JSON records: its command, machine, PyTorch version, arguments and rows."""
+    import os
+    import platform
+    import sys
+
+    import torch
+
+    record = {"command": f"python scripts/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+              "torch": torch.__version__}
+    if args is not None:
+        record["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                          if not k.startswith("out")}
+    if rows is not None:
+        record["rows"] = rows
+    record.update(extra)
+    return record

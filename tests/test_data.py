@@ -181,3 +181,15 @@ def test_identities_and_min_images_select_folders_and_relabel(tree, tmp_path):
         FaceFolder(str(tree), identities=str(tmp_path / "people2.txt"))
     with pytest.raises(DataError, match=r"data.identities: 1 of 2 identities have no folder in .*e.g. dave"):
         FaceFolder(str(tree), identities=["bob", "dave"])
+
+
+def test_auto_workers_share_the_node_between_the_ranks(monkeypatch):
+    from frtrain.data import loader
+
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader.default_num_workers() == 8  # one process: 15 cores free, at most 8 workers
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loader.default_num_workers() == 3  # 4 ranks on 16 cores: 4 cores each, one for the trainer
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert loader.default_num_workers() == 1

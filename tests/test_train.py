@@ -136,3 +136,18 @@ def test_each_paper_head_trains_verification_accuracy_well_above_chance(tmp_path
     assert losses[-1] < losses[0], losses
     # chance is 50%; the same run reaches 71-83% depending on the head (measured), arcface 78%
     assert results["synthetic"]["accuracy"] >= 0.65, results["synthetic"]
+
+
+@pytest.mark.parametrize("option", ["trainer.channels_last=true", "trainer.compile=true"])
+def test_channels_last_and_compile_train_like_the_plain_model(tmp_path, option):
+    """Speed options change the memory layout or fuse kernels, not the arithmetic: same losses and weights."""
+    common = ["eval=none", "trainer.max_steps=3", "data.batch_size=16", "trainer.log_every=1"]
+    plain, _ = _run(tmp_path, "plain", common)
+    fast, _ = _run(tmp_path, "fast", common + [option])
+    loss = lambda run: [e["loss"] for e in json.loads((run / "results.json").read_text())["history"]["loss"]]  # noqa: E731
+    assert loss(fast) == pytest.approx(loss(plain), rel=1e-4)
+    a = load_checkpoint(str(plain / "checkpoints" / "step-00000003.pt"))
+    b = load_checkpoint(str(fast / "checkpoints" / "step-00000003.pt"))
+    for key, value in a["model"].items():
+        assert b["model"][key].is_contiguous()  # saved in the standard layout, whatever the training layout
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-3, atol=1e-5, msg=key)

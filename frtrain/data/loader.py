@@ -54,9 +54,11 @@ class ResumableBatchSampler(Sampler[list]):
 
 
 def default_num_workers() -> int:
-    """Worker processes when the config says ``auto``: the CPU cores, up to 8, minus one for the trainer."""
+    """Worker processes per rank when the config says ``auto``: this rank's share of the CPU cores (torchrun's
+    ``LOCAL_WORLD_SIZE`` processes share the node) minus one for the trainer, between 1 and 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores - 1))
+    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, share - 1))
 
 
 def make_loader(dataset: Dataset, batch_sampler: Sampler, num_workers, pin_memory: bool,

@@ -126,7 +126,17 @@ class Trainer:
         if self.accumulate < 1:
             raise ConfigError(f"trainer.accumulate={self.accumulate}: expected a positive integer")
 
+        self.channels_last = bool(self.tcfg.get("channels_last", False))
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.model = D.wrap_ddp(self.backbone, self.device)
+        if self.tcfg.get("compile"):
+            # the training forward only: evaluation and checkpoints use the plain backbone (same weights)
+            mode = self.tcfg.compile if isinstance(self.tcfg.compile, str) else None
+            if mode not in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+                raise ConfigError(f"trainer.compile={mode!r}: expected true, false or a torch.compile mode "
+                                  "(default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs)")
+            self.model = torch.compile(self.model, mode=mode)
 
         batch_size = int(cfg.data.batch_size)
         self.sampler = ResumableBatchSampler(len(dataset), batch_size, seed=int(cfg.seed), rank=D.rank(),
@@ -175,7 +185,8 @@ class Trainer:
             return None
         return {
             "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "meta": self.meta,
-            "model": self.backbone.state_dict(), "head": head,
+            # contiguous: the standard layout, whatever the training layout (trainer.channels_last)
+            "model": {k: v.contiguous() for k, v in self.backbone.state_dict().items()}, "head": head,
             "optimizer": optimizer, "lr_scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict(), "train_state": asdict(self.state), "rng": rng,
         }
@@ -287,6 +298,8 @@ class Trainer:
 
     def forward_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = normalize_batch(images.to(self.device, non_blocking=True), self.backbone.mean, self.backbone.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             embeddings = self.model(x)
         return self.head(embeddings, labels.to(self.device, non_blocking=True))
