@@ -212,3 +212,28 @@ def test_a_sharded_checkpoint_is_whole_and_reshards_on_another_world_size(tmp_pa
     optimizer1.load_state_dict(sharded_state.load_optimizer(optimizer1, head1, whole["optimizer"], "whole.pt"))
     assert torch.equal(optimizer1.state_dict()["state"][3]["momentum_buffer"],
                        whole["optimizer"]["state"][3]["momentum_buffer"])
+
+
+# -- fp16 loss scaling: an overflow in one rank's class rows skips the step on every rank ----------------
+
+def _scaler_worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        rows = torch.nn.Parameter(torch.ones(3))  # this rank's class rows
+        optimizer = torch.optim.SGD([rows], lr=0.1)
+        scaler = D.grad_scaler("cpu", enabled=True)
+        scaler.scale(torch.ones(()))  # the scale is created on first use
+        rows.grad = torch.tensor([1.0, 1.0, float("inf") if rank == 1 else 1.0])
+        scaler.step(optimizer)
+        scaler.update()
+        torch.save({"rows": rows.detach(), "scale": scaler.get_scale()}, os.path.join(out_dir, f"scaler{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_fp16_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    mp.spawn(_scaler_worker, args=(str(tmp_path / "rdzv"), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"scaler{rank}.pt", weights_only=True)
+        assert torch.equal(got["rows"], torch.ones(3)), f"rank {rank} stepped"
+        assert got["scale"] == 65536.0 * 0.5

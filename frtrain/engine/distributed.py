@@ -312,3 +312,14 @@ def clip_grad_norm(replicated_params, sharded_params, max_norm: float) -> float:
             if p.grad is not None:
                 p.grad.mul_(coef)
     return norm
+
+
+def grad_scaler(device_type: str, enabled: bool) -> torch.amp.GradScaler:
+    """fp16's loss scaler. With several ranks, one whose class rows overflowed makes every rank skip the step
+    (the backbone stays identical): ``ShardedGradScaler`` all-reduces the found-inf flag; one process gets the
+    plain ``GradScaler``."""
+    if is_distributed() and enabled:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device=device_type, enabled=True)
+    return torch.amp.GradScaler(device_type, enabled=enabled)

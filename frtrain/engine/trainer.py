@@ -162,7 +162,7 @@ class Trainer:
         self.optimizer = build("optim", cfg.optim)(groups)
         self.lr_lambda = build("sched", cfg.sched)(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = D.grad_scaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.state = TrainState(images_per_batch=batch_size * D.world_size())
         self.writer = SummaryWriter(os.path.join(out_dir, "tb")) if self.is_main else None
         self.corrupt_skipped = 0
