@@ -1,15 +1,19 @@
-"""``torchrun --nproc_per_node=2 -m frtrain.train`` on CPU (gloo): it learns, resumes bit-identically, and its
-checkpoints resume on one process."""
+"""``torchrun --nproc_per_node=2 -m frtrain.train`` on CPU (gloo): it learns, resumes bit-identically (also after a
+SIGKILL), and its checkpoints resume on one process."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine.checkpoint import load_checkpoint
 from frtrain.train import train
 
@@ -58,29 +62,58 @@ def test_two_processes_train_and_verification_accuracy_rises(tmp_path):
     assert ckpt["head"]["weight"].shape == (60, 128)  # both ranks' 30 class vectors, whole
 
 
-RESUME = ["eval=none", "trainer.max_steps=12", "trainer.checkpoint_every=6", "trainer.keep_last=5",
-          "sched.warmup_epochs=0.05", "backbone.dropout=0.2", "trainer.log_every=1"]
+RESUME = ["eval=none", "trainer.max_steps=40", "trainer.checkpoint_every=4", "trainer.keep_last=20",
+          "sched.warmup_epochs=0.05", "backbone.dropout=0.2", "trainer.log_every=1", "head.sample_rate=0.5"]
+
+
+def torchrun_killed(tmp_path, name: str, extra: list[str], after_step: int):
+    """Start a 2-rank run and SIGKILL the launcher and both ranks once checkpoint ``after_step`` exists."""
+    out = tmp_path / name
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "frtrain.train", *TINY_DATA, *PER_RANK, f"output_dir={out}", *extra]
+    target = out / "checkpoints" / f"step-{after_step:08d}.pt"
+    with open(tmp_path / f"{name}.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert target.exists(), (tmp_path / f"{name}.log").read_text()[-3000:]
+    return out
 
 
 @pytest.fixture(scope="module")
 def two_rank_runs(tmp_path_factory):
-    """An uninterrupted 2-rank run of 12 steps (Partial FC sampling, dropout), and one resumed from its step 6."""
+    """2-rank runs of 40 steps (Partial FC sampling, dropout): uninterrupted; resumed from its step 8; and
+    killed (SIGKILL, all processes) after its step-8 checkpoint, then restarted with ``trainer.resume=auto``."""
     tmp = tmp_path_factory.mktemp("resume2")
-    full, _ = torchrun(tmp, "full", RESUME + ["head.sample_rate=0.5"])
-    resumed, _ = torchrun(tmp, "resumed", RESUME + ["head.sample_rate=0.5",
-                                                    f"trainer.resume={full / 'checkpoints' / 'step-00000006.pt'}"])
-    return full, resumed
+    full, _ = torchrun(tmp, "full", RESUME)
+    resumed, _ = torchrun(tmp, "resumed", RESUME + [f"trainer.resume={full / 'checkpoints' / 'step-00000008.pt'}"])
+    killed = torchrun_killed(tmp, "killed", RESUME, after_step=8)
+    interrupted_at = ckpt_io.step_checkpoints(str(killed / "checkpoints"))[-1][0]
+    torchrun(tmp, "killed", RESUME + ["trainer.resume=auto"])
+    return full, resumed, killed, interrupted_at
+
+
+def _losses(run) -> list[float]:
+    return [e["loss"] for e in json.loads((run / "results.json").read_text())["history"]["loss"]]
 
 
 def test_two_process_resume_is_bit_identical_to_the_uninterrupted_run(two_rank_runs):
-    full, resumed = two_rank_runs
-    a, b = _checkpoint(full, 12), _checkpoint(resumed, 12)
+    full, resumed, _, _ = two_rank_runs
+    a, b = _checkpoint(full, 40), _checkpoint(resumed, 40)
     _assert_same_weights(a, b)
     assert a["train_state"] == b["train_state"]
     for ra, rb in zip(a["rng"], b["rng"]):
         assert torch.equal(ra["torch"], rb["torch"])
-    loss = lambda run: [e["loss"] for e in json.loads((run / "results.json").read_text())["history"]["loss"]]  # noqa: E731
-    assert loss(full)[6:] == loss(resumed)
+    assert _losses(full)[8:] == _losses(resumed)
+
+
+def test_a_two_process_run_killed_mid_training_resumes_to_the_same_weights(two_rank_runs):
+    full, _, killed, interrupted_at = two_rank_runs
+    assert 8 <= interrupted_at < 40, "the kill came after the run had finished: nothing was tested"
+    _assert_same_weights(_checkpoint(full, 40), _checkpoint(killed, 40))
 
 
 def _one_process(tmp_path, name: str, extra: list[str]):
@@ -90,18 +123,16 @@ def _one_process(tmp_path, name: str, extra: list[str]):
 
 
 def test_a_two_rank_checkpoint_resumes_on_one_process(tmp_path, two_rank_runs):
-    full, _ = two_rank_runs
-    step6 = full / "checkpoints" / "step-00000006.pt"
+    full = two_rank_runs[0]
+    step8 = full / "checkpoints" / "step-00000008.pt"
     # loaded on one process (all 60 classes) and saved again without a step: the same checkpoint
-    same = _one_process(tmp_path, "reload", RESUME + ["head.sample_rate=0.5", "trainer.max_steps=6",
-                                                      f"trainer.resume={step6}"])
-    _assert_same_weights(load_checkpoint(str(step6)), _checkpoint(same, 6))
+    same = _one_process(tmp_path, "reload", RESUME + ["trainer.max_steps=8", f"trainer.resume={step8}"])
+    _assert_same_weights(load_checkpoint(str(step8)), _checkpoint(same, 8))
     # and it trains on from there: same global batch (32), same samples; BatchNorm now sees 32 images at once
     # instead of 2 x 16, and Partial FC draws other negatives, so the losses are close, not equal
-    cont = _one_process(tmp_path, "continued", RESUME + ["head.sample_rate=0.5", f"trainer.resume={step6}"])
-    assert _checkpoint(cont, 12)["train_state"]["step"] == 12
-    two = [e["loss"] for e in json.loads((full / "results.json").read_text())["history"]["loss"]][6:]
-    one = [e["loss"] for e in json.loads((cont / "results.json").read_text())["history"]["loss"]]
+    cont = _one_process(tmp_path, "continued", RESUME + ["trainer.max_steps=14", f"trainer.resume={step8}"])
+    assert _checkpoint(cont, 14)["train_state"]["step"] == 14
+    two, one = _losses(full)[8:14], _losses(cont)
     assert len(one) == len(two) == 6
     for a, b in zip(one, two):
         assert abs(a - b) < 0.05 * b, (one, two)
