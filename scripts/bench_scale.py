@@ -12,8 +12,8 @@ parallel). The CPU's threads are split evenly between the ranks, so every config
 Memory is the process's resident set (Linux ``VmHWM``, the peak, and ``VmRSS``): ``head memory`` is the peak
 minus the resident set measured just before the head was built (PyTorch itself, the inputs). Time is the
 median of ``--repeats`` steps after one warm-up step, the slowest rank's. On CUDA (when present) the same runs
-use NCCL and ``torch.cuda.max_memory_allocated``. Writes docs/bench_scale.json and a section of
-docs/benchmarks.md.
+use NCCL and ``torch.cuda.max_memory_allocated`` (the 2-rank rows need 2 GPUs). Writes docs/bench_scale.json
+and a section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -155,10 +155,12 @@ def main(argv=None) -> None:
 
     from benchdocs import run_record, write_section
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and torch.cuda.device_count() >= 2 else [])
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
         for world, rate in ((1, 1.0), (2, 1.0), (2, args.sample_rate)):
+            if device == "cuda" and world > torch.cuda.device_count():
+                continue  # one GPU: the one-process row only
             row = run_config(args, world, rate, device)
             print(f"{device} ranks={world} sample_rate={rate}: step {row['step_s_median']:.2f} s, head memory per "
                   f"rank {row.get('peak_cuda_mib_per_rank', row['head_mib_per_rank']):,.0f} MiB", flush=True)
