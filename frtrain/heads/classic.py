@@ -20,7 +20,7 @@ from frtrain.engine import distributed as D
 from frtrain.heads.class_vectors import (
     Head,
     check_option,
-    normalized,
+    class_cosines,
     sharded_cross_entropy,
     target_values,
 )
@@ -114,8 +114,7 @@ class MarginSoftmax(Head):
         """
         index, local_target = self.select_classes(y_all)
         norms = x_all.norm(dim=1)
-        w = normalized(self.class_rows("weight", index, x_all.dtype))
-        logits = F.linear(normalized(x_all) * self.scale, w)  # (N, K) = s * cos
+        logits = class_cosines(x_all, self.class_rows("weight", index, x_all.dtype), self.scale)  # (N, K) = s * cos
         cos_t = target_values(logits, local_target) / self.scale
         # psi_i enters the loss only through the rank that owns class y_i, so its dependence on the
         # norms is differentiated once, there; replicated terms of the norms use D.replicated instead.

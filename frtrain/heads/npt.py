@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from frtrain.engine import distributed as D
-from frtrain.heads.class_vectors import Head, check_option, normalized, target_values
+from frtrain.heads.class_vectors import Head, check_option, class_cosines, target_values
 
 
 def nearest_negative_cosines(cos: torch.Tensor, local_target: torch.Tensor, k: int, target_fill: str) -> torch.Tensor:
@@ -67,7 +67,7 @@ class NPTLoss(Head):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x_all, y_all = self.gather(embeddings, labels)
         index, local_target = self.select_classes(y_all)
-        cos = F.linear(normalized(x_all), normalized(self.class_rows("weight", index, x_all.dtype)))
+        cos = class_cosines(x_all, self.class_rows("weight", index, x_all.dtype))
         loss = npt_loss(cos, local_target, self.k, self.delta, self.radius, self.target_fill)
         self.stats = {"active_fraction": (loss.detach() > 0).float().mean()}
         return loss.mean()
