@@ -56,7 +56,7 @@ def _worker(rank: int, name: str, init_file: str, out_dir: str) -> None:
                     "grads": {k: p.grad for k, p in head.named_parameters()}, "start": start, "count": count},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        D.shutdown()
 
 
 @pytest.mark.parametrize("name", HEADS)
@@ -112,7 +112,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         torch.save({"grads": {k: p.grad for k, p in backbone.named_parameters()}, "norm": norm},
                    os.path.join(out_dir, f"ddp{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        D.shutdown()
 
 
 def test_ddp_backbone_gradient_and_clip_norm_equal_one_process(tmp_path):
@@ -174,7 +174,7 @@ def _shard_worker(rank: int, world: int, init_file: str, out_dir: str, mode: str
         if rank == 0:
             torch.save(saved, os.path.join(out_dir, "whole.pt" if mode == "save" else "again.pt"))
     finally:
-        dist.destroy_process_group()
+        D.shutdown()
 
 
 def test_a_sharded_checkpoint_is_whole_and_reshards_on_another_world_size(tmp_path):
@@ -228,7 +228,7 @@ def _scaler_worker(rank: int, init_file: str, out_dir: str) -> None:
         scaler.update()
         torch.save({"rows": rows.detach(), "scale": scaler.get_scale()}, os.path.join(out_dir, f"scaler{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        D.shutdown()
 
 
 def test_an_fp16_overflow_on_one_rank_skips_the_step_on_every_rank(tmp_path):

@@ -85,7 +85,11 @@ def init_from_env(timeout_minutes: float = 30.0) -> bool:
 
 
 def shutdown() -> None:
+    """Leave the process group once every rank is done: tearing it down while another rank still talks to
+    this one (a gather to rank 0 in flight) aborts gloo ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from frtrain.engine import distributed as D
-from frtrain.heads.class_vectors import check_option, normalized, sharded_cross_entropy
+from frtrain.heads.class_vectors import check_option, class_cosines, sharded_cross_entropy
 from frtrain.heads.classic import Softmax
 
 
@@ -54,10 +54,11 @@ class SoftmaxWithCenters(Softmax):
         x_all, y_all = self.gather(embeddings, labels)
         index, local_target = self.select_classes(y_all)
         ce = sharded_cross_entropy(self.class_logits(x_all, index), local_target)
-        x, c = x_all, self.class_rows("centers", index, x_all.dtype)
+        c = self.class_rows("centers", index, x_all.dtype)
         if self.normalize_features:
-            x, c = normalized(x), normalized(c)
-        return ce, squared_distances(x, c), local_target, x_all
+            # ||x/|x| - c/|c|||^2 = 2 - 2 cos, without a normalised copy of the centres (see class_cosines)
+            return ce, (2.0 - 2.0 * class_cosines(x_all, c)).clamp_min(0.0), local_target, x_all
+        return ce, squared_distances(x_all, c), local_target, x_all
 
 
 class CenterLoss(SoftmaxWithCenters):
