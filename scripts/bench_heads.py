@@ -131,8 +131,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"`python scripts/bench_heads.py` on {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, "
              f"d = {meta['dim']}, median of {meta['repeats']} forward + backward passes after two warm-ups. "
              "Peak: extra memory of one forward + backward above inputs and parameters (gradients included); "
-             "`xBC` and `xCd` are that peak in B x C and in C x d float32 matrices (the class vectors' gradient and "
-             "their normalised copy are C x d each). Ratios are to ArcFace measured in the same run.", ""]
+             "`xBC` and `xCd` are that peak in B x C and in C x d float32 matrices (the class vectors' gradient is "
+             "one C x d). Ratios are to ArcFace measured in the same run.", ""]
     settings = sorted({(r["device"], r["batch"], r["classes"]) for r in rows}, key=lambda s: (s[0], s[2], s[1]))
     for device, batch, classes in settings:
         command = next(r.get("command", "") for r in rows if (r["device"], r["batch"], r["classes"]) == (device, batch, classes))
