@@ -153,3 +153,16 @@ def test_channels_last_and_compile_train_like_the_plain_model(tmp_path, option):
     flat = lambda m: torch.cat([v.flatten() for v in m.values() if v.is_floating_point()])  # noqa: E731
     wa, wb = flat(a["model"]), flat(b["model"])
     assert float((wa - wb).norm() / wa.norm()) < 2e-4
+
+
+def test_resume_with_another_global_batch_continues_at_the_same_image_of_the_epoch(tmp_path, caplog):
+    common = ["eval=none", "trainer.checkpoint_every=6", "trainer.log_every=1"]
+    first, _ = _run(tmp_path, "b16", common + ["trainer.max_steps=6", "data.batch_size=16"])
+    step6 = first / "checkpoints" / "step-00000006.pt"
+    assert load_checkpoint(str(step6))["train_state"]["batch_in_epoch"] == 6  # 96 images of the epoch's order
+    with caplog.at_level("WARNING", logger="frtrain"):
+        again, _ = _run(tmp_path, "b32", common + ["trainer.max_steps=6", "data.batch_size=32",
+                                                   f"trainer.resume={step6}"])
+    state = load_checkpoint(str(again / "checkpoints" / "step-00000006.pt"))["train_state"]
+    assert state["batch_in_epoch"] == 3 and state["images_per_batch"] == 32  # 96 images = 3 batches of 32
+    assert "saved with 16 images per batch over all ranks, this run has 32" in caplog.text
