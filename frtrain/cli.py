@@ -27,7 +27,8 @@ def report_errors(program: str):
             except FrtrainError as e:
                 if os.environ.get("FRTRAIN_TRACEBACK"):
                     raise
-                log.error("%s", e)
+                if log.hasHandlers():  # Hydra's log file; without handlers Python would print it a second time
+                    log.error("%s", e)
                 print(f"{program}: error: {e}", file=sys.stderr, flush=True)
                 sys.exit(2)
 

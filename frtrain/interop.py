@@ -73,23 +73,16 @@ def import_training_dir(directory: str, backbone_cfg, num_classes: int | None = 
     class vectors from every rank's ``state_dict_softmax_fc["weight"]``, concatenated in rank order into
     (C, d). ``num_classes`` (the dataset's) is checked against C when given.
     """
-    from omegaconf import OmegaConf
-
     directory = os.path.abspath(os.path.expanduser(str(directory)))
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: no such directory (an insightface output directory)")
     ranks = rank_files(directory)
     backbone_path = os.path.join(directory, "backbone.pth")
-    if os.path.isfile(backbone_path):
-        backbone, _ = load_backbone_file(backbone_path, backbone_cfg)
-    elif ranks:
-        from frtrain.engine.build import build
-
-        backbone = build("backbone", backbone_cfg)
-        state = plain_state_dict(ckpt_io.load_file(ranks[0]), ranks[0])
-        ckpt_io.load_state_checked(backbone, state, ranks[0], "backbone")
-    else:
-        raise CheckpointError(f"{directory}: has neither backbone.pth nor checkpoint_gpu_<rank>.pt files")
+    if not os.path.isfile(backbone_path):
+        if not ranks:
+            raise CheckpointError(f"{directory}: has neither backbone.pth nor checkpoint_gpu_<rank>.pt files")
+        backbone_path = ranks[0]  # its state_dict_backbone
+    backbone, backbone_meta = load_backbone_file(backbone_path, backbone_cfg)
     d = int(backbone.embedding_size)
     slices = []
     for path in ranks:
@@ -106,8 +99,7 @@ def import_training_dir(directory: str, backbone_cfg, num_classes: int | None = 
     if weight is not None and num_classes is not None and weight.shape[0] != int(num_classes):
         raise CheckpointError(f"{directory}: the ranks' class vectors hold {weight.shape[0]} classes "
                               f"({' + '.join(str(s.shape[0]) for s in slices)}), the dataset has {num_classes}")
-    cfg = OmegaConf.to_container(backbone_cfg, resolve=True) if not isinstance(backbone_cfg, dict) else backbone_cfg
-    meta = {"backbone": cfg, "head": {"_target_": "insightface.PartialFC"},
+    meta = {"backbone": backbone_meta["backbone"], "head": {"_target_": "insightface.PartialFC"},
             "num_classes": None if weight is None else int(weight.shape[0]), "embedding_size": d,
             "input_size": list(backbone.input_size), "mean": list(backbone.mean), "std": list(backbone.std),
             "imported_from": directory, "world_size": 1}

@@ -112,8 +112,10 @@ def train(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float | None:
     try:
         results = train(cfg)
-    finally:
-        D.shutdown()
+    except BaseException:
+        D.shutdown(wait=False)
+        raise
+    D.shutdown()
     first = next(iter(results.values()), None)
     return None if first is None else first["accuracy"]
 

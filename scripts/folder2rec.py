@@ -14,10 +14,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from frtrain.cli import report_errors  # noqa: E402
 from frtrain.data.folder import load_index  # noqa: E402
 from frtrain.data.recordio import pack, write_record  # noqa: E402
 
 
+@report_errors("folder2rec.py")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("root", help="directory of identity folders")

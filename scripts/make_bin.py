@@ -24,6 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from frtrain.cli import report_errors  # noqa: E402
 from frtrain.data.images import center_crop, read_image, resize_to  # noqa: E402
 from frtrain.evaluation.benchmarks import PairBenchmark, lfw_benchmark  # noqa: E402
 from frtrain.evaluation.metrics import kfold_ids  # noqa: E402
@@ -63,6 +64,7 @@ def write_bin(bench: PairBenchmark, out: str, size: int | None = 112, crop=None)
     return {"pairs": len(issame), "images": len(cache), "bytes": os.path.getsize(out), "same_folds": same_folds}
 
 
+@report_errors("make_bin.py")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)

@@ -13,9 +13,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from frtrain.cli import report_errors  # noqa: E402
 from frtrain.data.recordio import RecordFile  # noqa: E402
 
 
+@report_errors("rec2folder.py")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("rec", help="train.rec, or the directory holding train.rec/train.idx")

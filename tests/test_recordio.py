@@ -120,3 +120,22 @@ def test_folder2rec_then_rec2folder_round_trip_and_the_data_config(tmp_path):
     assert len(data) == 6 and data.num_classes == 2 and [data[i][1] for i in range(6)] == [0, 0, 0, 1, 1, 1]
     assert rec2folder.main([str(tmp_path / "rec"), str(tmp_path / "back")]) == 0
     assert (tmp_path / "back" / "000001" / "4.jpg").read_bytes() == (src / "bob" / "0.jpg").read_bytes()
+
+
+def test_the_conversion_scripts_fail_in_one_line_naming_the_file(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import rec2folder
+
+    bad = tmp_path / "train.rec"
+    bad.write_bytes(b"\0" * 64)
+    (tmp_path / "train.idx").write_text("1\t0\n")
+    with pytest.raises(SystemExit) as stop:
+        rec2folder.main([str(bad), str(tmp_path / "out")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1:] == [f"rec2folder.py: error: {bad}: bad magic 0x00000000 at byte offset 0 (expected 0xced7230a); "
+                   "is this a RecordIO .rec, and does the .idx belong to it?"]

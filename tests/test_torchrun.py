@@ -136,3 +136,34 @@ def test_a_two_rank_checkpoint_resumes_on_one_process(tmp_path, two_rank_runs):
     assert len(one) == len(two) == 6
     for a, b in zip(one, two):
         assert abs(a - b) < 0.05 * b, (one, two)
+
+
+FAIL_ON_RANK_1 = '''
+import os
+from frtrain.engine.trainer import Trainer
+from frtrain.errors import DataError
+from frtrain.train import main
+
+fit = Trainer.fit
+def failing_fit(self):
+    if os.environ["RANK"] == "1":
+        raise DataError("injected failure on rank 1")
+    return fit(self)
+Trainer.fit = failing_fit
+main()
+'''
+
+
+def test_a_rank_that_fails_stops_the_job_with_its_error_instead_of_hanging(tmp_path):
+    """Rank 1 fails before training; rank 0 waits in a collective. The failing rank must leave at once (not wait
+    for the others at the shutdown barrier) so that torchrun sees it and stops rank 0."""
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(FAIL_ON_RANK_1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           *TINY_DATA, *PER_RANK, "eval=none", "trainer.max_steps=50", f"output_dir={tmp_path / 'out'}"]
+    try:
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the job hung after rank 1 failed")
+    assert proc.returncode != 0
+    assert "frtrain-train: error: injected failure on rank 1" in proc.stderr

@@ -139,11 +139,28 @@ def test_each_paper_head_trains_verification_accuracy_well_above_chance(tmp_path
 
 
 @pytest.mark.parametrize("option", ["trainer.channels_last=true", "trainer.compile=true"])
-def test_channels_last_and_compile_train_like_the_plain_model(tmp_path, option):
+def test_channels_last_and_compile_train_like_the_plain_model(tmp_path, monkeypatch, option):
     """Speed options change the memory layout or fuse kernels, not the arithmetic: same losses and weights."""
     common = ["eval=none", "trainer.max_steps=3", "data.batch_size=16", "trainer.log_every=1"]
     plain, _ = _run(tmp_path, "plain", common)
+    seen = []  # what the training forward received: compiled or not, input layout
+    real_compile = torch.compile
+
+    def spy_compile(model, **kwargs):
+        seen.append("compiled")
+        return real_compile(model, **kwargs)
+
+    def spy_input(module, args):
+        seen.append("channels_last" if args[0].is_contiguous(memory_format=torch.channels_last) else "nchw")
+
+    monkeypatch.setattr(torch, "compile", spy_compile)
+    from frtrain.engine import trainer as trainer_module
+    real_wrap = trainer_module.D.wrap_ddp
+    monkeypatch.setattr(trainer_module.D, "wrap_ddp",
+                        lambda m, d: (m.register_forward_pre_hook(spy_input), real_wrap(m, d))[1])
     fast, _ = _run(tmp_path, "fast", common + [option])
+    assert ("compiled" in seen) == (option == "trainer.compile=true")  # the option took effect
+    assert ("channels_last" in seen) == (option == "trainer.channels_last=true"), seen
     loss = lambda run: [e["loss"] for e in json.loads((run / "results.json").read_text())["history"]["loss"]]  # noqa: E731
     assert loss(fast) == pytest.approx(loss(plain), rel=1e-4)
     a = load_checkpoint(str(plain / "checkpoints" / "step-00000003.pt"))

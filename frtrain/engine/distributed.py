@@ -84,11 +84,16 @@ def init_from_env(timeout_minutes: float = 30.0) -> bool:
     return is_distributed()
 
 
-def shutdown() -> None:
-    """Leave the process group once every rank is done: tearing it down while another rank still talks to
-    this one (a gather to rank 0 in flight) aborts gloo ("terminate called without an active exception")."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group.
+
+    ``wait=True`` (a run that finished): first wait for every rank, since tearing the group down while
+    another rank still talks to this one (a gather to rank 0 in flight) aborts gloo ("terminate called
+    without an active exception"). ``wait=False`` (this rank failed): leave at once, so that the error
+    reaches torchrun, which stops the other ranks, instead of waiting for ranks that will never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
-        if dist.get_world_size() > 1:
+        if wait and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
 

@@ -126,7 +126,9 @@ class Trainer:
         if self.accumulate < 1:
             raise ConfigError(f"trainer.accumulate={self.accumulate}: expected a positive integer")
 
-        self.channels_last = bool(self.tcfg.get("channels_last", False))
+        self.channels_last = self.tcfg.get("channels_last", False)
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(f"trainer.channels_last={self.channels_last!r}: expected true or false")
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         self.model = D.wrap_ddp(self.backbone, self.device)
@@ -158,6 +160,9 @@ class Trainer:
         else:
             self.total_steps = max(1, int(math.ceil(float(self.tcfg.epochs) * self.steps_per_epoch)))
 
+        # the head's class rows are sharded over ranks; its other parameters (if any) are copies on every rank
+        self.class_row_ids = {id(getattr(self.head, n)) for n in sharded_state.class_row_names(self.head)}
+        self.head_replicated = [p for p in self.head.parameters() if id(p) not in self.class_row_ids]
         groups = [{"params": [p for p in self.backbone.parameters() if p.requires_grad]}] + self.head.param_groups()
         self.optimizer = build("optim", cfg.optim)(groups)
         self.lr_lambda = build("sched", cfg.sched)(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
@@ -306,14 +311,13 @@ class Trainer:
 
     def optimizer_step(self) -> float | None:
         grad_norm = None
-        sharded = {id(getattr(self.head, n)) for n in sharded_state.class_row_names(self.head)}
-        head_replicated = [p for p in self.head.parameters() if id(p) not in sharded]
-        D.sum_gradients(head_replicated)  # each rank holds its share of their gradient
+        D.sum_gradients(self.head_replicated)  # each rank holds its share of their gradient
         if self.tcfg.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            grad_norm = D.clip_grad_norm([p for p in params if id(p) not in sharded],
-                                         [p for p in params if id(p) in sharded], float(self.tcfg.clip_grad_norm))
+            rows = self.class_row_ids
+            grad_norm = D.clip_grad_norm([p for p in params if id(p) not in rows],
+                                         [p for p in params if id(p) in rows], float(self.tcfg.clip_grad_norm))
             if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
                 raise TrainingDiverged(f"gradient norm is {grad_norm} at step {self.state.step + 1}; lower optim.lr")
         self.scaler.step(self.optimizer)
