@@ -16,15 +16,12 @@ import json
 import logging
 import os
 
-from frtrain.cli import quiet_third_party_warnings, report_errors
+import torch
+from omegaconf import DictConfig
 
-quiet_third_party_warnings()
-
-import hydra  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from frtrain.errors import CheckpointError, ConfigError  # noqa: E402
+from frtrain.cli import hydra_entry_point
+from frtrain.engine.checkpoint import load_model, resolve_checkpoint
+from frtrain.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("frtrain")
 
@@ -73,8 +70,6 @@ def onnx_parity(backbone: torch.nn.Module, path: str, batch_size: int = 4, seed:
 
 def export(cfg: DictConfig) -> str:
     """Export ``cfg.model`` in ``cfg.format``; returns the written path."""
-    from frtrain.evaluate import load_model, resolve_checkpoint
-
     path = resolve_checkpoint(cfg.model)
     if path.endswith(".onnx"):
         raise ConfigError(f"model={path}: already an ONNX file; export takes a frtrain checkpoint")
@@ -90,7 +85,7 @@ def export(cfg: DictConfig) -> str:
             raise CheckpointError(f"{out}: onnxruntime differs from PyTorch by {diff:.2e} > tolerance {cfg.tolerance}")
         return out
     if fmt == "insightface":
-        from frtrain.interop import export_insightface
+        from frtrain.engine.insightface import export_insightface
 
         out = cfg.out or os.path.join(os.path.dirname(path), "backbone.pth")
         export_insightface(backbone, out, bool(cfg.fp16))
@@ -100,10 +95,8 @@ def export(cfg: DictConfig) -> str:
     raise ConfigError(f"format={fmt!r}: choose onnx or insightface")
 
 
-@hydra.main(config_path="configs", config_name="export", version_base="1.3")
-@report_errors("frtrain-export")
-def main(cfg: DictConfig) -> None:
-    export(cfg)
+def main(argv: list[str] | None = None) -> None:
+    hydra_entry_point("frtrain-export", "export", export, argv)
 
 
 if __name__ == "__main__":

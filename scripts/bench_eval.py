@@ -28,12 +28,11 @@ MODELS = {"iresnet_tiny": {}, "mobilefacenet": {}, "iresnet18": {}}
 
 
 def build_backbone(name: str):
-    from hydra import compose, initialize_config_module
+    from frtrain.config import compose
 
     from frtrain.engine.build import build
 
-    with initialize_config_module("frtrain.configs", version_base="1.3"):
-        cfg = compose("train", overrides=[f"backbone={name}"])
+    cfg = compose("train", [f"backbone={name}"])
     return build("backbone", cfg.backbone).eval()
 
 

@@ -58,7 +58,7 @@ def measure_setting(device: str, batch: int, classes: int, dim: int, heads: list
     dev = torch.device(device)
     rows = []
     for name in heads:
-        node = OmegaConf.load(ROOT / "frtrain" / "configs" / "head" / f"{name}.yaml")
+        node = OmegaConf.load(ROOT / "configs" / "head" / f"{name}.yaml")
         head = build("head", node, embedding_size=dim, num_classes=classes).to(dev)
         x = torch.randn(batch, dim, device=dev, requires_grad=True)
         # about 4 images per identity, as a face-recognition sampler would give

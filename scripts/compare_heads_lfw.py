@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HEADS = ["softmax", "cosface", "arcface", "npt", "unpg", "intraloss", "ie", "marginloss"]
 #: the same run for every head: a CPU-sized backbone on 56x56 crops, SGD with the poly schedule
-COMMON = ["backbone=iresnet_tiny", "data=folder", "data.batch_size=64", "data.num_workers=1", "trainer.epochs=4",
+COMMON = ["backbone=iresnet_tiny", "data=folder", "data.loader.batch_size=64", "data.loader.num_workers=1", "trainer.epochs=4",
           "eval=lfw", "eval.every_steps=200", "eval.num_workers=0", "seed=0", "sched.warmup_epochs=0.5"]
 #: head settings for 3,830 classes: s = 64 is tuned for 10k-90k classes, s = 32 here for every scaled head;
 #: NPT as on the synthetic set (k = 6, r = 2; at r = 1 it barely moves in a run this short)

@@ -1,6 +1,6 @@
 """Reproduce the papers' tables: run (or collect) experiments and write reported vs reproduced.
 
-Each EXPERIMENT is a file of frtrain/configs/experiment/ whose ``paper`` block holds the table it belongs
+Each EXPERIMENT is a file of configs/experiment/ whose ``paper`` block holds the table it belongs
 to, the method's name and the numbers the paper reports (percent). For every experiment this script
 reads ``RUNS_DIR/<experiment>/results.json`` (written by frtrain-train at the end of a run) and, with
 ``--run``, first trains it there (resuming if a run was interrupted). Extra arguments after ``--`` are
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ROOT / "frtrain" / "configs" / "experiment"
+EXPERIMENTS = ROOT / "configs" / "experiment"
 
 
 def available() -> list[str]:
@@ -32,14 +32,13 @@ def available() -> list[str]:
 
 
 def compose(name: str, overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_module
+    from frtrain.config import compose as compose_config
 
-    with initialize_config_module("frtrain.configs", version_base="1.3"):
-        return hydra_compose("train", overrides=[f"+experiment={name}", *overrides])
+    return compose_config("train", [f"experiment={name}", *overrides])
 
 
 def run_experiment(name: str, out_dir: Path, overrides: list[str]) -> None:
-    cmd = [sys.executable, "-m", "frtrain.train", f"+experiment={name}", f"output_dir={out_dir}",
+    cmd = [sys.executable, "-m", "frtrain.train", f"experiment={name}", f"output_dir={out_dir}",
            "trainer.resume=auto", *overrides]
     print("reproduce:", " ".join(cmd), flush=True)
     done = subprocess.run(cmd, check=False)

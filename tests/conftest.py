@@ -33,10 +33,16 @@ def cache_dir() -> str:
 
 def compose_train(overrides: list[str]):
     """The train config as ``frtrain-train`` would compose it, with ``overrides``."""
-    from hydra import compose, initialize_config_module
+    from frtrain.config import compose
 
-    with initialize_config_module("frtrain.configs", version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose("train", overrides)
+
+
+def compose_eval(overrides: list[str]):
+    """The evaluate config as ``frtrain-eval`` would compose it, with ``overrides``."""
+    from frtrain.config import compose
+
+    return compose("evaluate", overrides)
 
 
 #: data and model of a run that trains in well under a minute on 2 CPU cores and learns clearly
@@ -44,8 +50,8 @@ TINY_DATA = [
     "data.num_identities=60",
     "data.images_per_identity=16",
     "data.image_size=40",
-    "data.batch_size=32",
-    "data.num_workers=0",
+    "data.loader.batch_size=32",
+    "data.loader.num_workers=0",
     "backbone.input_size=40",
     "trainer.progress=false",
 ]

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-import frtrain
+from frtrain.config import group_options
 from frtrain.engine.build import build
 from frtrain.engine.schedule import WarmupCosine, WarmupPoly, WarmupStep
 from frtrain.errors import ConfigError
 
 from conftest import compose_train
 
-CONFIGS = Path(frtrain.__file__).parent / "configs"
-
-
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    return group_options(group)
 
 
 @pytest.mark.parametrize("name", options("head"))
@@ -61,19 +56,20 @@ def test_data_head_specialisations_name_existing_data_and_head_options():
     for name in options("data_head"):
         data, head = name.split("_", 1)
         assert data in datas and head in heads, name
-    assert compose_train([]).head.scale == 16.0  # synthetic: the small-data scale
-    assert compose_train(["data=folder", "data.root=/x"]).head.scale == 64.0  # the paper's scale elsewhere
+    assert compose_train([]).head.scale == "auto"  # 16 on the 200 synthetic identities, 64 from 5,000 on
+    assert compose_train(["head=npt"]).head.k == 6 and compose_train(["head=npt", "data=folder"]).head.k == 1
 
 
 def test_debug_limit_composes_with_any_data():
     for data in options("data"):
         cfg = compose_train([f"data={data}", "debug=limit"])
-        assert cfg.trainer.max_steps == 20 and cfg.data.batch_size == 32
+        assert cfg.trainer.max_steps == 20 and cfg.data.loader.batch_size == 32
 
 
 def test_unknown_option_of_a_built_object_is_named_with_the_accepted_ones():
     cfg = compose_train(["head=cosface", "+head.marginn=0.3"])
-    with pytest.raises(ConfigError, match=r"head: frtrain.heads.CosFace has no option 'marginn' \(its options: .*margin,"):
+    with pytest.raises(ConfigError, match=r"head: frtrain.heads.CosFace has no option 'marginn' \(did you mean "
+                                          r"'margin_cos'\? its options: margin_cos, margin_grad, sample_rate, scale\)"):
         build("head", cfg.head, embedding_size=8, num_classes=10)
 
 

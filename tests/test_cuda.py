@@ -14,7 +14,7 @@ from conftest import TINY_DATA, compose_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-COMMON = ["eval=none", "trainer.max_steps=60", "data.batch_size=32", "trainer.log_every=1", "trainer.device=cuda"]
+COMMON = ["eval=none", "trainer.max_steps=60", "data.loader.batch_size=32", "trainer.log_every=1", "trainer.device=cuda"]
 
 
 def _losses(tmp_path, name, extra):

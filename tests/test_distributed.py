@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from frtrain.engine import distributed as D
+from frtrain import distributed as D
 from frtrain.engine.build import build
 
 from conftest import compose_train
@@ -53,7 +53,8 @@ def _worker(rank: int, name: str, init_file: str, out_dir: str) -> None:
         loss = head(x_local, y[rank * B:(rank + 1) * B])
         loss.backward()
         torch.save({"loss": loss.detach(), "grad_x": x_local.grad,
-                    "grads": {k: p.grad for k, p in head.named_parameters()}, "start": start, "count": count},
+                    "grads": {k: p.grad for k, p in head.named_parameters()},
+                    "after": {k: p.detach() for k, p in head.named_parameters()}, "start": start, "count": count},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         D.shutdown()
@@ -76,6 +77,9 @@ def test_sharded_head_equals_the_single_process_head(tmp_path, name):
         torch.testing.assert_close(got["grad_x"], x.grad[rank * B:(rank + 1) * B], rtol=1e-9, atol=1e-12)
         for k, p in ref_head.named_parameters():
             g = got["grads"][k]
+            if not p.requires_grad:  # moved by the head itself (center loss's centres): the same rows after the step
+                torch.testing.assert_close(got["after"][k], p.detach()[s:s + n], rtol=1e-10, atol=1e-12, msg=f"{name}.{k}")
+                continue
             if k in ref_head.class_parameters and p.shape[0] == C:
                 torch.testing.assert_close(g, p.grad[s:s + n], rtol=1e-9, atol=1e-12, msg=f"{name}.{k} rows")
             else:  # replicated parameters (e.g. a learnt scale): each rank holds its share, they sum up
@@ -135,9 +139,9 @@ def test_ddp_backbone_gradient_and_clip_norm_equal_one_process(tmp_path):
 # -- checkpoints of a sharded head: whole on disk, resharded on load ------------------------------------
 
 def _center_model(full):
-    """The center-loss head (weight, bias and centres, centres with their own learning rate) holding this
-    rank's slice of ``full``, and an SGD optimiser with momentum that also steps a backbone-like tensor."""
-    head = _head("center")
+    """A head with centres (IE loss: weight, bias and centres, centres in their own optimiser group) holding
+    this rank's slice of ``full``, and an SGD optimiser with momentum that also steps a backbone-like tensor."""
+    head = _head("ie")
     start, count = D.shard_range(C)
     with torch.no_grad():
         for k, p in head.named_parameters():
@@ -158,7 +162,7 @@ def _step(head, optimizer, rank: int, world: int) -> None:
 def _shard_worker(rank: int, world: int, init_file: str, out_dir: str, mode: str) -> None:
     from frtrain.engine import sharded_state
 
-    full = _full_parameters("center")  # all C rows: built before the process group exists
+    full = _full_parameters("ie")  # all C rows: built before the process group exists
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         head, optimizer = _center_model(full)
@@ -180,7 +184,7 @@ def _shard_worker(rank: int, world: int, init_file: str, out_dir: str, mode: str
 def test_a_sharded_checkpoint_is_whole_and_reshards_on_another_world_size(tmp_path):
     from frtrain.engine import sharded_state
 
-    head, optimizer = _center_model(_full_parameters("center"))  # one process: all 11 rows
+    head, optimizer = _center_model(_full_parameters("ie"))  # one process: all 11 rows
     _step(head, optimizer, 0, 1)
     mp.spawn(_shard_worker, args=(2, str(tmp_path / "rdzv2"), str(tmp_path), "save"), nprocs=2, join=True)
     whole = torch.load(tmp_path / "whole.pt", weights_only=True)
@@ -207,7 +211,7 @@ def test_a_sharded_checkpoint_is_whole_and_reshards_on_another_world_size(tmp_pa
     for k, v in whole["head"].items():
         assert torch.equal(again["head"][k], v), k
     # and one process loads it whole
-    head1, optimizer1 = _center_model(_full_parameters("center"))
+    head1, optimizer1 = _center_model(_full_parameters("ie"))
     head1.load_state_dict(sharded_state.load_head(head1, whole["head"], "whole.pt"))
     optimizer1.load_state_dict(sharded_state.load_optimizer(optimizer1, head1, whole["optimizer"], "whole.pt"))
     assert torch.equal(optimizer1.state_dict()["state"][3]["momentum_buffer"],

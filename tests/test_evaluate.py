@@ -8,18 +8,16 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 from frtrain.errors import CheckpointError
 from frtrain.evaluate import evaluate
 from frtrain.train import train
 
-from conftest import TINY_DATA, TINY_EVAL, compose_train
+from conftest import TINY_DATA, TINY_EVAL, compose_eval, compose_train
 
 
 def _compose_eval(overrides):
-    with initialize_config_module("frtrain.configs", version_base="1.3"):
-        return compose("evaluate", overrides=overrides)
+    return compose_eval(overrides)
 
 
 @pytest.fixture(scope="module")

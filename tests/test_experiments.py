@@ -45,7 +45,7 @@ def test_reproduce_runs_an_experiment_and_writes_reported_next_to_reproduced(tmp
     for other in ("agedb_30", "cfp_fp"):  # calfw is dropped from the run below
         shutil.copy(lfw, lfw.with_name(f"{other}.bin"))
     shrink = [f"paths.datasets={datasets}", "backbone=iresnet_tiny", "backbone.input_size=40",
-              "data.num_workers=0", "data.batch_size=16", "trainer.max_steps=3", "trainer.progress=false",
+              "data.loader.num_workers=0", "data.loader.batch_size=16", "trainer.max_steps=3", "trainer.progress=false",
               "eval.num_workers=0", "~eval.benchmarks.calfw"]
     runs, out = tmp_path / "runs", tmp_path / "reproduction.md"
     rows = reproduce.main(["npt_casia_r50", "arcface_casia_r50", "--runs-dir", str(runs), "--out", str(out),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from frtrain.engine import checkpoint as ckpt_io
@@ -24,8 +23,9 @@ BACKBONES = {
 
 
 def _compose(name, overrides):
-    with initialize_config_module("frtrain.configs", version_base="1.3"):
-        return compose(name, overrides=overrides)
+    from frtrain.config import compose
+
+    return compose(name, overrides)
 
 
 def _checkpoint(tmp_path, which: str) -> str:
@@ -50,7 +50,7 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path, which):
     path = _checkpoint(tmp_path, which)
     out = export(_compose("export", [f"model={path}"]))
     assert out == path[:-3] + ".onnx"
-    from frtrain.evaluate import load_backbone
+    from frtrain.engine.checkpoint import load_backbone
 
     backbone, _ = load_backbone(path)
     onnx_model = OnnxEmbedder(out)

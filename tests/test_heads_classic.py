@@ -1,4 +1,5 @@
-"""Classic heads: loss and gradients against an independent per-sample computation (float64)."""
+"""Classic heads: loss and gradients against an independent per-sample computation (float64), and the
+same head in float32 within 1e-5 relative of that reference."""
 
 from __future__ import annotations
 
@@ -37,7 +38,11 @@ def reference_margin_loss(x, w, y, s, psi):
     return torch.stack(losses).mean()
 
 
-def _check(head, ref_fn, x, y, atol=1e-10):
+def _check(head, ref_fn, x, y, atol=1e-10, float32=True):
+    """Loss and gradients of ``head`` (float64) equal ``ref_fn``'s; a float32 copy's loss within 1e-5 relative."""
+    import copy
+
+    single = copy.deepcopy(head).float() if float32 else None
     head = head.double()
     xh = x.clone().requires_grad_(True)
     loss = head(xh, y)
@@ -50,6 +55,12 @@ def _check(head, ref_fn, x, y, atol=1e-10):
     assert torch.allclose(loss, ref, atol=atol, rtol=0), (float(loss), float(ref))
     for name, g, r in zip(["embeddings", *params], grads, ref_grads):
         assert torch.allclose(g, r, atol=atol, rtol=1e-8), f"gradient of {name} differs by {(g - r).abs().max():.3g}"
+    if single is not None:
+        if hasattr(single, "iteration"):
+            single.iteration.fill_(int(head.iteration))
+        loss32 = single(x.float(), y).detach()
+        assert loss32.dtype == torch.float32
+        assert abs(float(loss32) - float(ref)) <= 1e-5 * abs(float(ref)), (float(loss32), float(ref))
     return float(loss.detach())
 
 
@@ -81,13 +92,13 @@ def test_normface():
 
 def test_cosface():
     x, y = _inputs(2)
-    _check(CosFace(D, C, scale=64.0, margin=0.35),
+    _check(CosFace(D, C, scale=64.0, margin_cos=0.35),
            lambda xr, p: reference_margin_loss(xr, p["weight"], y, 64.0, lambda t, c, n: c - 0.35), x, y)
 
 
 def test_arcface_including_the_fallback_beyond_pi():
     x, y = _inputs(3)
-    head = ArcFace(D, C, scale=64.0, margin=0.5).double()
+    head = ArcFace(D, C, scale=64.0, margin_rad=0.5).double()
     with torch.no_grad():  # sample 0 points almost opposite its class vector: theta + m > pi
         x[0] = -head.weight[y[0]] / head.weight[y[0]].norm() * 4 + 0.01 * torch.randn(D, dtype=torch.float64)
     cos0 = torch.nn.functional.cosine_similarity(x[0], head.weight[y[0]].detach(), dim=0)
@@ -112,7 +123,7 @@ def test_combined_margin():
 
 def test_combined_with_arcface_margins_is_arcface():
     x, y = _inputs(5)
-    a, b = ArcFace(D, C, margin=0.5).double(), CombinedMargin(D, C, m1=1.0, m2=0.5, m3=0.0).double()
+    a, b = ArcFace(D, C, margin_rad=0.5).double(), CombinedMargin(D, C, m1=1.0, m2=0.5, m3=0.0).double()
     with torch.no_grad():
         b.weight.copy_(a.weight)
     assert torch.allclose(a(x, y), b(x, y), atol=1e-12)
@@ -128,13 +139,13 @@ def sphere_psi(m):
 
 def test_sphereface_pure_psi_monotone_form():
     x, y = _inputs(6)
-    head = SphereFace(D, C, scale=16.0, margin=4.0, lambda_base=0.0, lambda_min=0.0)
+    head = SphereFace(D, C, scale=16.0, margin_mult=4.0, lambda_base=0.0, lambda_min=0.0)
     _check(head, lambda xr, p: reference_margin_loss(xr, p["weight"], y, 16.0, sphere_psi(4.0)), x, y, atol=1e-9)
 
 
 def test_sphereface_lambda_mix_and_annealing():
     x, y = _inputs(7)
-    head = SphereFace(D, C, scale=16.0, margin=4.0, lambda_base=1000.0, lambda_gamma=0.12, lambda_power=1.0,
+    head = SphereFace(D, C, scale=16.0, margin_mult=4.0, lambda_base=1000.0, lambda_gamma=0.12, lambda_power=1.0,
                       lambda_min=5.0).double()
     with torch.no_grad():
         head.iteration.fill_(10)
@@ -145,7 +156,9 @@ def test_sphereface_lambda_mix_and_annealing():
         return (lam * cos + sphere_psi(4.0)(theta, cos, norm)) / (1 + lam)
 
     _check(head, lambda xr, p: reference_margin_loss(xr, p["weight"], y, 16.0, psi), x, y, atol=1e-9)
-    assert int(head.iteration) == 11  # one training forward: lambda(10) was used, then the counter advanced
+    assert int(head.iteration) == 10  # forward passes (micro-batches) do not advance the annealing
+    head.after_optimizer_step()  # optimiser steps do
+    assert int(head.iteration) == 11 and head.current_lambda() == pytest.approx(max(5.0, 1000.0 / (1 + 0.12 * 11)))
 
 
 def test_magface_margin_grows_with_norm_and_adds_the_regulariser():
@@ -172,8 +185,8 @@ def test_magface_margin_grows_with_norm_and_adds_the_regulariser():
 def test_straight_through_margin_gradient_is_insightface_s_per_logit():
     x, y = _inputs(9)
     s, m = 64.0, 0.5
-    exact = ArcFace(D, C, scale=s, margin=m).double()
-    st = ArcFace(D, C, scale=s, margin=m, margin_grad="straight_through").double()
+    exact = ArcFace(D, C, scale=s, margin_rad=m).double()
+    st = ArcFace(D, C, scale=s, margin_rad=m, margin_grad="straight_through").double()
     with torch.no_grad():
         st.weight.copy_(exact.weight)
     assert torch.allclose(exact(x, y), st(x, y), atol=1e-12)  # same value
@@ -191,30 +204,72 @@ def test_straight_through_margin_gradient_is_insightface_s_per_logit():
     assert not torch.allclose(ge, gs, atol=1e-6)  # the two gradients really differ for ArcFace
 
 
-def test_center_loss_value_gradients_and_its_own_optimizer_group():
+def test_center_loss_value_and_gradients_with_fixed_centres():
     x, y = _inputs(10)
     lam = 0.003
-    head = CenterLoss(D, C, lambda_c=lam, center_lr=0.5)
+    head = CenterLoss(D, C, lambda_c=lam, alpha=0.5).eval()  # eval: the centres stay where they are
 
     def ref(xr, p):
         out = []
         for i in range(B):
             t = int(y[i])
-            out.append(_ce(p["weight"] @ xr[i] + p["bias"], t) + lam / 2 * (xr[i] - p["centers"][t]).square().sum())
+            centre = head.centers[t].detach().double()
+            out.append(_ce(p["weight"] @ xr[i] + p["bias"], t) + lam / 2 * (xr[i] - centre).square().sum())
         return torch.stack(out).mean()
 
     _check(head, ref, x, y)
-    groups = head.param_groups()
-    assert groups[1]["params"] == [head.centers] and groups[1]["lr"] == 0.5 and groups[1]["weight_decay"] == 0.0
-    assert all(p is not head.centers for p in groups[0]["params"])
+    assert not head.centers.requires_grad  # moved by Wen et al.'s rule, not by the optimiser
+    assert all(p is not head.centers for g in head.param_groups() for p in g["params"])
+
+
+def test_center_loss_moves_each_centre_alpha_n_over_1_plus_n_of_the_way_to_its_class_mean():
+    x, y = _inputs(11)
+    alpha = 0.5
+    head = CenterLoss(D, C, lambda_c=0.003, alpha=alpha).double().train()
+    before = head.centers.detach().clone()
+    head(x, y)
+    for j in range(C):
+        members = x[y == j]
+        n = len(members)
+        expected = before[j] + alpha * n / (1 + n) * (members.mean(0) - before[j])  # independent of lambda_c, B
+        assert torch.allclose(head.centers[j], expected, atol=1e-12), j
+    frozen = head.centers.detach().clone()
+    head.eval()(x, y)
+    assert torch.equal(head.centers, frozen)  # evaluation does not move the centres
+
+
+def test_renamed_options_still_work_from_a_config_with_a_warning():
+    from frtrain.engine.build import build
+
+    with pytest.warns(FutureWarning, match=r"head.margin is deprecated: it is now head.margin_rad"):
+        head = build("head", {"_target_": "frtrain.heads.ArcFace", "margin": 0.3}, embedding_size=D, num_classes=C)
+    assert head.m2 == 0.3
+    with pytest.warns(FutureWarning, match=r"head.center_lr is deprecated: it is now head.alpha"):
+        assert build("head", {"_target_": "frtrain.heads.CenterLoss", "center_lr": 0.25}, embedding_size=D,
+                     num_classes=C).alpha == 0.25
+    with pytest.raises(ConfigError, match=r"head.margin is the old name of head.margin_cos; give only head.margin_cos"):
+        build("head", {"_target_": "frtrain.heads.CosFace", "margin": 0.3, "margin_cos": 0.3}, embedding_size=D,
+              num_classes=C)
+
+
+def test_auto_scale_is_16_on_small_sets_and_the_papers_64_from_5000_classes():
+    from frtrain.heads.classic import auto_scale
+
+    assert ArcFace(D, 200).scale == 16.0 and ArcFace(D, 500).scale == 16.0
+    assert ArcFace(D, 5000).scale == 64.0 and auto_scale(85_742) == 64.0
+    assert auto_scale(1000) == pytest.approx(16.0 * 4.0 ** (math.log(2) / math.log(10)))  # geometric between
+    assert [auto_scale(c) for c in (600, 1000, 2000, 4000)] == sorted(auto_scale(c) for c in (600, 1000, 2000, 4000))
+    assert ArcFace(D, 200, scale=30.0).scale == 30.0 and "auto for 200 classes" in repr(ArcFace(D, 200))
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: ArcFace(D, C, margin=-0.1), "head.margin=-0.1"),
+    (lambda: ArcFace(D, C, margin_rad=-0.1), "head.margin_rad=-0.1"),
     (lambda: ArcFace(D, C, scale=-1.0), "head.scale=-1.0"),
-    (lambda: CosFace(D, C, margin=-0.2), "head.margin=-0.2"),
+    (lambda: ArcFace(D, C, scale="big"), "head.scale='big'"),
+    (lambda: CosFace(D, C, margin_cos=-0.2), "head.margin_cos=-0.2"),
     (lambda: CombinedMargin(D, C, m1=0.5), "head.m1=0.5"),
-    (lambda: SphereFace(D, C, margin=0.5), "head.margin=0.5"),
+    (lambda: SphereFace(D, C, margin_mult=0.5), "head.margin_mult=0.5"),
+    (lambda: CenterLoss(D, C, alpha=1.5), "head.alpha=1.5"),
     (lambda: CenterLoss(D, C, lambda_c=-1.0), "head.lambda_c=-1.0"),
     (lambda: ArcFace(D, C, margin_grad="nope"), "head.margin_grad='nope'"),
     (lambda: ArcFace(D, C, sample_rate=0.0), "head.sample_rate=0.0"),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from frtrain.errors import ConfigError
-from frtrain.heads import UNPG, ArcFace, CosFace, IELoss, IntraLoss, MagFace, MarginLoss, NPTLoss
+from frtrain.heads import UNPG, ArcFace, ArcMargin, CosFace, CosMargin, IELoss, IntraLoss, MagFace, MagFaceMargin, MarginLoss, NPTLoss
 from frtrain.heads.npt import npt_loss
 from frtrain.heads.unpg import box_whisker_filter
 
@@ -109,21 +109,21 @@ def unpg_materialised(x, w, y, s, psi, r, regulariser=None):
     return torch.stack(losses).mean()
 
 
-@pytest.mark.parametrize("base, margin, psi", [
-    ("arcface", 0.5, arcface_psi(0.5)),
-    ("cosface", 0.35, lambda t, c, n: c - 0.35),
+@pytest.mark.parametrize("base, psi", [
+    (lambda: ArcMargin(0.5), arcface_psi(0.5)),
+    (lambda: CosMargin(0.35), lambda t, c, n: c - 0.35),
 ])
-def test_unpg_memory_light_form_equals_the_materialised_form(base, margin, psi):
+def test_unpg_memory_light_form_equals_the_materialised_form(base, psi):
     x = _x(2)
-    head = UNPG(D, C, base=base, scale=16.0, margin=margin, r=1.5)
+    head = UNPG(D, C, base=base(), scale=16.0, r=1.5)
     _check(head, lambda xr, p: unpg_materialised(xr, p["weight"], Y, 16.0, psi, 1.5), x, Y)
     assert 0 < float(head.stats["negatives"]) <= 25  # 28 pairs, 3 of them same-identity
 
 
 def test_unpg_over_magface():
     x = _x(3) * 8
-    head = UNPG(D, C, base="magface", scale=16.0, r=1.0, magface={"l_a": 10.0, "u_a": 110.0, "l_m": 0.45, "u_m": 0.8, "lambda_g": 35.0})
-    mag = head.base_margin.magface
+    head = UNPG(D, C, base=MagFaceMargin(l_a=10.0, u_a=110.0, l_m=0.45, u_m=0.8, lambda_g=35.0), scale=16.0, r=1.0)
+    mag = head.base
 
     def psi(theta, cos, norm):
         m = mag.margin(norm)
@@ -135,7 +135,7 @@ def test_unpg_over_magface():
 def test_unpg_with_one_identity_falls_back_to_the_base_head():
     x = _x(4)
     y = torch.full((B,), 2)
-    unpg, arc = UNPG(D, C, base="arcface", scale=16.0).double(), ArcFace(D, C, scale=16.0).double()
+    unpg, arc = UNPG(D, C, base=ArcMargin(0.5), scale=16.0).double(), ArcFace(D, C, scale=16.0).double()
     with torch.no_grad():
         arc.weight.copy_(unpg.weight)
     assert torch.allclose(unpg(x, y), arc(x, y), atol=1e-12)
@@ -145,15 +145,16 @@ def test_unpg_with_one_identity_falls_back_to_the_base_head():
 # ---------------------------------------------------------------- IntraLoss
 def test_intraloss_region_all_is_arcface_plus_lambda_mean_theta_over_pi():
     x = _x(5)
-    intra = IntraLoss(D, C, base="arcface", scale=16.0, margin=0.5, lambda_intra=0.7, region="all").double()
-    arc = ArcFace(D, C, scale=16.0, margin=0.5).double()
+    intra = IntraLoss(D, C, base=ArcMargin(0.5), scale=16.0, lambda_intra=0.7, region="all").double()
+    arc = ArcFace(D, C, scale=16.0, margin_rad=0.5).double()
     with torch.no_grad():
         arc.weight.copy_(intra.weight)
     theta = torch.stack([torch.acos(_cos_row(x[i], intra.weight.detach())[int(Y[i])]) for i in range(B)])
     assert torch.allclose(intra(x, Y), arc(x, Y) + 0.7 * theta.mean() / math.pi, atol=1e-10)
 
 
-@pytest.mark.parametrize("base, psi", [("arcface", arcface_psi(0.5)), ("cosface", lambda t, c, n: c - 0.5)])
+@pytest.mark.parametrize("base, psi", [(lambda: ArcMargin(0.5), arcface_psi(0.5)),
+                                       (lambda: CosMargin(0.5), lambda t, c, n: c - 0.5)])
 def test_intraloss_above_class_mean(base, psi):
     x = _x(6)
     lam = 0.8
@@ -169,7 +170,7 @@ def test_intraloss_above_class_mean(base, psi):
             extra.append(thetas[i] / math.pi if float(thetas[i]) > reference else torch.zeros((), dtype=x.dtype))
         return reference_margin_loss(xr, w, Y, 16.0, psi) + lam * torch.stack(extra).mean()
 
-    _check(IntraLoss(D, C, base=base, scale=16.0, margin=0.5, lambda_intra=lam), ref, x, Y)
+    _check(IntraLoss(D, C, base=base(), scale=16.0, lambda_intra=lam), ref, x, Y)
 
 
 # ---------------------------------------------------------------- IE
@@ -205,7 +206,7 @@ def test_ie_value_and_gradients(projection, smooth, normalize):
 def test_margin_loss_value_and_gradients(reduce, normalize):
     x = _x(8) * (1.0 if normalize else 0.3)
     m, lam = (1.0 if normalize else 2.0), 0.6
-    head = MarginLoss(D, C, margin=m, lambda_m=lam, reduce=reduce, normalize_features=normalize)
+    head = MarginLoss(D, C, margin_sqdist=m, lambda_m=lam, reduce=reduce, normalize_features=normalize)
 
     def ref(xr, p):
         out = []
@@ -232,14 +233,15 @@ def test_margin_loss_value_and_gradients(reduce, normalize):
     (lambda: NPTLoss(D, C, delta=-0.1), "head.delta=-0.1"),
     (lambda: NPTLoss(D, C, radius=0.0), "head.radius=0.0"),
     (lambda: UNPG(D, C, r=-1.0), "head.r=-1.0"),
-    (lambda: UNPG(D, C, base="sphereface"), "head.base='sphereface'"),
-    (lambda: UNPG(D, C, margin=-0.5), "head.margin=-0.5"),
+    (lambda: UNPG(D, C, base="arcface"), r"head.base='arcface': base is now a margin object"),
+    (lambda: UNPG(D, C, base=ArcMargin(-0.5)), "head.base.margin_rad=-0.5"),
+    (lambda: UNPG(D, C, base=CosMargin(-0.5)), "head.base.margin_cos=-0.5"),
     (lambda: UNPG(D, C, scale=-64.0), "head.scale=-64.0"),
-    (lambda: IntraLoss(D, C, base="magface"), "head.base='magface'"),
+    (lambda: IntraLoss(D, C, base=MagFaceMargin()), "head.base: IntraLoss takes ArcMargin or CosMargin, got MagFaceMargin"),
     (lambda: IntraLoss(D, C, lambda_intra=-1.0), "head.lambda_intra=-1.0"),
     (lambda: IELoss(D, C, tau=0.0), "head.tau=0.0"),
     (lambda: IELoss(D, C, alpha=-1.0), "head.alpha=-1.0"),
-    (lambda: MarginLoss(D, C, margin=-1.0), "head.margin=-1.0"),
+    (lambda: MarginLoss(D, C, margin_sqdist=-1.0), "head.margin_sqdist=-1.0"),
     (lambda: MarginLoss(D, C, reduce="max"), "head.reduce='max'"),
 ])
 def test_out_of_range_options_fail_at_construction(make, match):

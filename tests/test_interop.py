@@ -8,8 +8,9 @@ import torch
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine.build import build
 from frtrain.errors import CheckpointError
-from frtrain.evaluate import load_model
-from frtrain.interop import backbone_config, export_insightface, import_training_dir, load_backbone_file
+from frtrain.engine.checkpoint import load_model
+from frtrain.engine.insightface import export_insightface, import_training_dir, load_backbone_file
+from frtrain.interop import backbone_config
 from frtrain.interop import main as import_main
 
 from conftest import TINY_DATA, compose_train

@@ -20,7 +20,7 @@ from frtrain.train import train
 from conftest import TINY_DATA, TINY_EVAL, compose_train
 
 #: 2 ranks x 16 images = the global batch of 32 of the one-process tests
-PER_RANK = ["data.batch_size=16", "trainer.threads=1"]
+PER_RANK = ["data.loader.batch_size=16", "trainer.threads=1"]
 
 
 def torchrun(tmp_path, name: str, extra: list[str], nproc: int = 2):
@@ -118,7 +118,7 @@ def test_a_two_process_run_killed_mid_training_resumes_to_the_same_weights(two_r
 
 def _one_process(tmp_path, name: str, extra: list[str]):
     out = tmp_path / name
-    train(compose_train(TINY_DATA + ["data.batch_size=32", f"output_dir={out}"] + extra))
+    train(compose_train(TINY_DATA + ["data.loader.batch_size=32", f"output_dir={out}"] + extra))
     return out
 
 

@@ -1,8 +1,13 @@
-"""Helpers the backbones share: input-size parsing and the map size after stride-2 convolutions."""
+"""What the backbones share: the contract every backbone keeps (:class:`EmbeddingModel`), input-size parsing
+and the map size after stride-2 convolutions."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+from frtrain.errors import ConfigError
 
 #: normalisation of insightface-style backbones: (x/255 - 0.5)/0.5
 HALF = (0.5, 0.5, 0.5)
@@ -21,3 +26,32 @@ def downsampled(size: int, times: int) -> int:
     for _ in range(times):
         size = (size - 1) // 2 + 1
     return size
+
+
+@runtime_checkable
+class EmbeddingModel(Protocol):
+    """The contract of a backbone, and of anything the evaluator scores (an ONNX model too).
+
+    Attributes:
+        input_size: (H, W) in pixels.
+        mean, std: per-channel normalisation on the 0..1 scale: the model sees (x/255 - mean)/std.
+        embedding_size: d.
+    Calling it maps normalised float images (B, 3, H, W) to embeddings (B, d).
+    """
+
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    embedding_size: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_backbone(model, where: str):
+    """``model`` if it keeps the :class:`EmbeddingModel` contract, else a one-line error naming what it lacks."""
+    missing = [a for a in ("input_size", "mean", "std", "embedding_size") if not hasattr(model, a)]
+    if missing:
+        raise ConfigError(f"{where}: {type(model).__module__}.{type(model).__name__} has no attribute "
+                          f"{missing[0]!r}; a backbone states input_size, mean, std and embedding_size "
+                          "(frtrain.backbones.common.EmbeddingModel)")
+    return model

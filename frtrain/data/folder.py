@@ -11,22 +11,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from frtrain.data.images import IMAGE_EXTENSIONS, CorruptImageError, read_image, resize_to
-from frtrain.data.transforms import apply_augment, build_augment, to_chw_tensor
+from frtrain.data.base import ImageDataset
+from frtrain.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image, resize_to
 from frtrain.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 _INDEX_VERSION = 1
-_MAX_CORRUPT_IN_A_ROW = 64
 
 
 def _visible_entries(path: str):
@@ -140,18 +136,12 @@ def select_identities(root: str, classes: list[str], paths: np.ndarray, labels: 
     return [c for c, k in zip(classes, keep) if k], paths[rows], new_label[labels[rows]].astype(np.int64)
 
 
-class FaceFolder(Dataset):
-    """Training images from identity folders.
-
-    ``dataset[key]`` with key ``index`` or ``(index, seed)`` returns ``(image, label, skipped)``:
-    image (3, H, W) uint8 at the backbone's ``input_size`` after augmentation seeded with ``seed``;
-    label an int; skipped the number of corrupt files passed over to produce this sample.
+class FaceFolder(ImageDataset):
+    """Training images from identity folders (samples as :class:`frtrain.data.base.ImageDataset` says).
 
     Args:
         root: the directory of identity folders.
-        input_size: (H, W) the backbone expects; images of another size are resized.
-        augment: albumentations transform configs (see :func:`frtrain.data.transforms.build_augment`).
-        on_corrupt: ``skip`` (default) warns and uses the next image; ``raise`` stops at the first one.
+        input_size, augment, on_corrupt, max_image_pixels: see :class:`~frtrain.data.base.ImageDataset`.
         index_cache: reuse a cached file index (under ``cache_dir``) while the tree is unchanged.
         cache_dir: where the index cache lives.
         identities: train only on these identity folders: a list of names or the path of a text file
@@ -169,19 +159,16 @@ class FaceFolder(Dataset):
         cache_dir: str | None = None,
         identities: str | Sequence[str] | None = None,
         min_images_per_identity: int = 1,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ):
-        if on_corrupt not in ("skip", "raise"):
-            raise ConfigError(f"data.on_corrupt={on_corrupt!r}: expected 'skip' or 'raise'")
+        super().__init__(input_size, augment, on_corrupt, max_image_pixels)
         if root is None or str(root) in ("", "???"):
             raise ConfigError("data.root is not set: give the directory of identity folders, e.g. data.root=/data/casia")
         self.root = os.path.abspath(os.path.expanduser(str(root)))
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.on_corrupt = on_corrupt
         self.classes, self.paths, self.labels = load_index(self.root, cache_dir if index_cache else None)
         if identities is not None or min_images_per_identity > 1:
             self.classes, self.paths, self.labels = select_identities(
                 self.root, self.classes, self.paths, self.labels, identities, int(min_images_per_identity))
-        self.augment = build_augment(augment)
 
     @property
     def num_classes(self) -> int:
@@ -195,27 +182,7 @@ class FaceFolder(Dataset):
 
     def load(self, index: int) -> np.ndarray:
         """The decoded (H, W, 3) uint8 image at ``index``, resized to ``input_size``."""
-        return resize_to(read_image(self.path(index)), self.input_size)
-
-    def __getitem__(self, key):
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        index = int(index)
-        skipped = 0
-        while True:
-            try:
-                image, label = self.sample(index)
-                break
-            except CorruptImageError as e:
-                if self.on_corrupt == "raise":
-                    raise
-                warnings.warn(f"skipping corrupt image: {e}", stacklevel=2)
-                skipped += 1
-                if skipped >= _MAX_CORRUPT_IN_A_ROW:
-                    raise DataError(f"{self.root}: {skipped} corrupt images in a row from index {int(key[0] if isinstance(key, tuple) else key)}; is the data readable?") from None
-                index = (index + 1) % len(self)
-        image = apply_augment(self.augment, image, seed)
-        return to_chw_tensor(image), label, skipped
+        return resize_to(read_image(self.path(index), self.max_image_pixels), self.input_size)
 
     def sample(self, index: int) -> tuple[np.ndarray, int]:
-        """(decoded image at ``input_size``, label) of ``index``; may raise :class:`CorruptImageError`."""
         return self.load(index), int(self.labels[index])

@@ -13,43 +13,56 @@ from frtrain.errors import DataError
 #: file endings recognised as images when scanning identity folders
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".webp", ".tif", ".tiff")
 
+#: largest image (in pixels, as its header declares) decoded by default: 150 megapixels, above the
+#: sensors of today's cameras (108 MP phones), below Pillow's decompression-bomb refusal (179 MP). A header
+#: declaring more is a decompression bomb or a corrupt file, treated as an undecodable image.
+DEFAULT_MAX_PIXELS = 150_000_000
+
 
 class CorruptImageError(DataError):
     """An image file that cannot be decoded (truncated, not an image, unsupported)."""
 
 
-def decode_image(data: bytes, source: str) -> np.ndarray:
+def decode_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes to an (H, W, 3) uint8 RGB array.
 
-    Grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit PGM/PNG are converted to 8-bit RGB.
-    A truncated or unreadable file raises :class:`CorruptImageError` naming ``source``.
+    Grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit PGM/PNG/TIFF are converted to 8-bit RGB
+    (16-bit values are scaled by the format's range, 65535 -> 255, so brightness does not depend on the
+    image). A truncated or unreadable file, or one whose header declares more than ``max_pixels`` pixels,
+    raises :class:`CorruptImageError` naming ``source``.
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise CorruptImageError(f"{source}: its header declares {w}x{h} = {w * h:,} pixels, more than "
+                                        f"data.max_image_pixels={max_pixels:,} (a decompression bomb or a corrupt file)")
             img.load()  # raises on truncated data
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img, dtype=np.float64)
-                peak = arr.max() if arr.size and arr.max() > 255 else 255.0
-                arr = np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8)
+                arr = np.clip(np.rint(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
                 return np.repeat(arr[:, :, None], 3, axis=2)
             if img.mode != "RGB":
                 img = img.convert("RGB")
             arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(f"{source}: cannot decode image ({e})") from None
+    except CorruptImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            MemoryError) as e:
+        raise CorruptImageError(f"{source}: cannot decode image ({str(e) or type(e).__name__})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise CorruptImageError(f"{source}: decoded to an unexpected shape {arr.shape}")
     return arr
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read and decode an image file; see :func:`decode_image`."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise CorruptImageError(f"{path}: cannot read file ({e.strerror})") from None
-    return decode_image(data, path)
+    return decode_image(data, path, max_pixels)
 
 
 def resize_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -19,8 +19,9 @@ import struct
 
 import numpy as np
 
-from frtrain.data.folder import FaceFolder
-from frtrain.errors import DataError
+from frtrain.data.base import ImageDataset
+from frtrain.data.images import DEFAULT_MAX_PIXELS, decode_image, resize_to
+from frtrain.errors import ConfigError, DataError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -163,33 +164,27 @@ def pack(label, image: bytes, rid: int = 0) -> bytes:
     return _HEADER.pack(labels.size, 0.0, rid, 0) + labels.tobytes() + image
 
 
-class RecordFaces(FaceFolder):
+class RecordFaces(ImageDataset):
     """Training images from an insightface ``train.rec``/``train.idx`` (MS1M, Glint360K, CASIA as distributed).
 
-    Same samples as :class:`frtrain.data.folder.FaceFolder` (``(image, label, skipped)``, augmentation,
-    corrupt-image skipping). The label is the record's first label. The class count is
-    ``header0[1] - header0[0]`` (insightface's identity-range records) when record 0 is a header, else the
-    largest label + 1, read once from every record's header.
+    Samples as :class:`frtrain.data.base.ImageDataset` says. The label is the record's first label. The
+    class count is ``header0[1] - header0[0]`` (insightface's identity-range records) when record 0 is a
+    header, else the largest label + 1, read once from every record's header.
 
     Args:
         root: the directory holding ``train.rec``/``train.idx`` (or the ``.rec`` path itself).
+        num_classes: the class count, when the file's header does not give it.
+        input_size, augment, on_corrupt, max_image_pixels: see :class:`~frtrain.data.base.ImageDataset`.
     """
 
     def __init__(self, root: str, input_size=(112, 112), augment=None, on_corrupt: str = "skip",
-                 num_classes: int | None = None):
-        from frtrain.data.transforms import build_augment
-        from frtrain.errors import ConfigError
-
-        if on_corrupt not in ("skip", "raise"):
-            raise ConfigError(f"data.on_corrupt={on_corrupt!r}: expected 'skip' or 'raise'")
+                 num_classes: int | None = None, max_image_pixels: int = DEFAULT_MAX_PIXELS):
+        super().__init__(input_size, augment, on_corrupt, max_image_pixels)
         if root is None or str(root) in ("", "???"):
             raise ConfigError("data.root is not set: give the directory of train.rec/train.idx")
         root = os.path.abspath(os.path.expanduser(str(root)))
-        rec = os.path.join(root, "train.rec") if os.path.isdir(root) else root
-        self.root, self.on_corrupt = rec, on_corrupt
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.records = RecordFile(rec)
-        self.augment = build_augment(augment)
+        self.root = os.path.join(root, "train.rec") if os.path.isdir(root) else root
+        self.records = RecordFile(self.root)
         self.keys = np.asarray(self.records.image_keys, dtype=np.int64)
         if num_classes is not None:
             self._num_classes = int(num_classes)
@@ -210,10 +205,8 @@ class RecordFaces(FaceFolder):
         return f"{self.root} record {int(self.keys[index])}"
 
     def sample(self, index: int):
-        from frtrain.data.images import decode_image, resize_to
-
         labels, image = self.records.record(int(self.keys[index]))
         label = int(labels[0])
         if not 0 <= label < self._num_classes:
             raise DataError(f"{self.path(index)}: label {label} outside [0, {self._num_classes})")
-        return resize_to(decode_image(image, self.path(index)), self.input_size), label
+        return resize_to(decode_image(image, self.path(index), self.max_image_pixels), self.input_size), label

@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from frtrain import distributed as D
 from frtrain.data.folder import FaceFolder
 from frtrain.data.images import encode_jpeg
 from frtrain.errors import ConfigError
-from frtrain.engine import distributed as D
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import albumentations as A
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -17,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from frtrain.errors import ConfigError
 
 
-def build_augment(augment: Sequence[Any] | None) -> A.Compose | None:
+def build_augment(augment: Sequence[Any] | None):
     """An albumentations pipeline from a list of transform configs or objects (None or [] for none).
 
     Each item is a ``{_target_: albumentations.X, ...}`` config (or a transform object). The pipeline is
@@ -25,6 +24,8 @@ def build_augment(augment: Sequence[Any] | None) -> A.Compose | None:
     """
     if not augment:
         return None
+    import albumentations as A  # 0.6 s to import: only when a pipeline is built
+
     transforms = []
     for i, item in enumerate(augment):
         if isinstance(item, (dict, DictConfig)):
@@ -40,7 +41,7 @@ def build_augment(augment: Sequence[Any] | None) -> A.Compose | None:
     return A.Compose(transforms, seed=0)
 
 
-def apply_augment(augment: A.Compose | None, image: np.ndarray, seed: int | None) -> np.ndarray:
+def apply_augment(augment, image: np.ndarray, seed: int | None) -> np.ndarray:
     """Apply ``augment`` to an (H, W, 3) uint8 image with its random state set from ``seed``."""
     if augment is None:
         return image

@@ -7,11 +7,20 @@ model without the run's config), ``model`` (backbone state dict), ``head``, ``op
 ``rng`` (a list: each rank's torch, CUDA, numpy and Python generator states). The head's class rows and
 their optimiser state are whole (all C rows, gathered from every rank), so a checkpoint resumes on any
 number of ranks (:mod:`frtrain.engine.sharded_state`).
+
+A checkpoint is data: its ``meta.backbone`` record is rebuilt only through an allow-list of frtrain's own
+backbone classes with plain keyword values (:func:`rebuild_backbone`); :func:`load_checkpoint` refuses a
+file whose record names anything else, so no command that reads checkpoints can be made to run code.
+
+Also here: :func:`resolve_checkpoint` (a file or a run directory -> the file to read) and
+:func:`load_model` (a checkpoint, an ONNX file or a plain state dict -> an embedding model).
 """
 
 from __future__ import annotations
 
 import glob
+import inspect
+import logging
 import os
 import random
 import re
@@ -21,6 +30,8 @@ import numpy as np
 import torch
 
 from frtrain.errors import CheckpointError
+
+log = logging.getLogger("frtrain")
 
 FORMAT = "frtrain-checkpoint"
 VERSION = 1
@@ -57,11 +68,152 @@ def load_file(path: str, map_location="cpu", mmap: bool = False) -> Any:
 
 
 def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> dict:
-    """A frtrain checkpoint (see module docstring); anything else raises :class:`CheckpointError`."""
-    ckpt = load_file(path, map_location, mmap)
+    """A frtrain checkpoint (see module docstring); anything else raises :class:`CheckpointError`.
+
+    The backbone record is checked against the allow-list (:func:`check_backbone_record`) here, so every
+    reader of checkpoints refuses a crafted one.
+    """
+    return checked_checkpoint(load_file(path, map_location, mmap), path)
+
+
+def checked_checkpoint(ckpt, path: str) -> dict:
+    """``ckpt`` (a loaded file) if it is a frtrain checkpoint with an allowed backbone record."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a frtrain checkpoint (no 'format': '{FORMAT}' entry)")
+    meta = ckpt.get("meta")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: has no 'meta' record of its model")
+    if meta.get("backbone") is not None:
+        check_backbone_record(meta["backbone"], path)
     return ckpt
+
+
+# -- rebuilding a model from a file's record: an allow-list, never instantiate() ----------------------
+def _allowed_backbones() -> dict[str, type]:
+    from frtrain.backbones import IResNet, MobileFaceNet, TimmBackbone
+
+    allowed = {}
+    for cls in (IResNet, MobileFaceNet, TimmBackbone):
+        allowed[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        allowed[f"frtrain.backbones.{cls.__name__}"] = cls
+    return allowed
+
+
+#: timm keyword arguments that would make timm read a file or reach a model hub
+_TIMM_FILE_KEYS = ("pretrained", "checkpoint", "file", "path", "cache_dir", "url", "hf_hub")
+
+
+def _plain_value(value, where: str, path: str) -> None:
+    """Refuse anything in a record but plain data; no key may start with '_' (_target_, _partial_, _args_)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _plain_value(v, f"{where}[{i}]", path)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or k.startswith("_"):
+                raise CheckpointError(f"{path}: refused: its backbone record has the key {where}.{k}; a checkpoint is "
+                                      "data and may not name code to run")
+            _plain_value(v, f"{where}.{k}", path)
+        return
+    raise CheckpointError(f"{path}: refused: its backbone record holds a {type(value).__name__} at {where}; "
+                          "only numbers, strings, lists and mappings are allowed")
+
+
+def check_backbone_record(record, path: str) -> tuple[type, dict]:
+    """(backbone class, keyword arguments) of a checkpoint's backbone record, or :class:`CheckpointError`.
+
+    The record must name one of frtrain's backbone classes and hold only plain values that are
+    arguments of that class; a timm backbone may not name a weights file or a hub (the checkpoint's own
+    weights are loaded instead).
+    """
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: its backbone record is a {type(record).__name__}, expected a mapping")
+    target = record.get("_target_")
+    allowed = _allowed_backbones()
+    if target not in allowed:
+        names = sorted({f"frtrain.backbones.{c.__name__}" for c in allowed.values()})
+        raise CheckpointError(f"{path}: refused: its backbone record names {target!r}, which is not one of "
+                              f"frtrain's backbones ({', '.join(names)}); a checkpoint cannot choose code to run")
+    cls = allowed[target]
+    kwargs = {k: v for k, v in record.items() if k != "_target_"}
+    _plain_value(kwargs, "backbone", path)
+    params = inspect.signature(cls).parameters
+    for key in kwargs:
+        if key not in params:
+            raise CheckpointError(f"{path}: its backbone record has {key!r}, which {target} does not take")
+    if cls.__name__ == "TimmBackbone":
+        file_keys = [k for k in ["pretrained_file"] + list((kwargs.get("kwargs") or {}))
+                     if any(w in k for w in _TIMM_FILE_KEYS) and (k != "pretrained_file" or kwargs.get(k))]
+        if file_keys:
+            raise CheckpointError(f"{path}: refused: its timm backbone record names {file_keys[0]!r}; a checkpoint "
+                                  "may not make timm read a file or a hub")
+    return cls, kwargs
+
+
+def rebuild_backbone(record, path: str) -> torch.nn.Module:
+    """The backbone a checkpoint's record describes, built by calling the allowed class directly."""
+    from frtrain.errors import FrtrainError
+
+    cls, kwargs = check_backbone_record(record, path)
+    try:
+        return cls(**kwargs)
+    except (FrtrainError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its backbone record cannot be built ({str(e).splitlines()[0]})") from None
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file, or a run directory's ``checkpoints/best.pt`` (else its newest step-N.pt, said in the log)."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.isdir(path):
+        for candidate in (os.path.join(path, "checkpoints", "best.pt"), os.path.join(path, "best.pt")):
+            if os.path.isfile(candidate):
+                return candidate
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"{path}: a directory with no checkpoints/best.pt and no step-N.pt checkpoint")
+        log.warning("%s has no best.pt (no evaluation selected one): using its newest checkpoint %s", path, latest)
+        return latest
+    return path
+
+
+def load_backbone(path: str, ckpt: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """(backbone in eval mode, checkpoint meta) from a frtrain checkpoint."""
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
+    meta = ckpt.get("meta") or {}
+    if "backbone" not in meta:
+        raise CheckpointError(f"{path}: has no record of its backbone (meta.backbone); was it written by frtrain?")
+    backbone = rebuild_backbone(meta["backbone"], path)
+    load_state_checked(backbone, ckpt["model"], path, "backbone")
+    return backbone.eval(), meta
+
+
+def load_model(path: str, backbone_cfg=None, onnx_input=None):
+    """(embedding model, meta) from a frtrain checkpoint, an ``.onnx`` file, or a plain backbone state
+    dict (insightface's ``backbone.pth``), which needs ``backbone_cfg`` to say what network it is.
+
+    ``onnx_input``: the input convention of an ONNX model without frtrain's metadata (see
+    :class:`frtrain.evaluation.onnx_model.OnnxEmbedder`).
+    """
+    if str(path).endswith(".onnx"):
+        from frtrain.evaluation.onnx_model import OnnxEmbedder
+
+        model = OnnxEmbedder(path, onnx_input)
+        return model, {"backbone": model.meta.get("backbone") or {}, "format": "onnx"}
+    obj = load_file(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return load_backbone(path, checked_checkpoint(obj, path))
+    if backbone_cfg is None:
+        kind = ("a plain state dict (insightface's backbone.pth layout)"
+                if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values())
+                else "not a frtrain checkpoint")
+        raise CheckpointError(f"{path}: {kind}; say which network it is with backbone=<name> "
+                              "(e.g. backbone=iresnet50; the names are the files of configs/backbone)")
+    from frtrain.engine.insightface import load_backbone_file
+
+    return load_backbone_file(path, backbone_cfg)
 
 
 def step_checkpoints(directory: str) -> list[tuple[int, str]]:

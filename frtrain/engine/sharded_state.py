@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from frtrain.engine import distributed as D
+from frtrain import distributed as D
 from frtrain.errors import CheckpointError
 
 

@@ -1,8 +1,11 @@
-"""The training loop: named phases (train_step, evaluate, state_dict, load_state_dict, save, close).
+"""The training loop: :class:`Trainer` is handed built objects and runs, logs, evaluates and checkpoints.
 
-The trainer knows nothing about a particular head or data set: it moves uint8 image batches to the
-device, normalises them with the backbone's mean/std, runs backbone and head, steps the optimiser and
-schedule, logs, evaluates, and checkpoints.
+Its phases have names: :meth:`~Trainer.restore` (resume or fine-tune), :meth:`~Trainer.fit` (the loop),
+:meth:`~Trainer.train_micro_batch`, :meth:`~Trainer.optimizer_step`, :meth:`~Trainer.end_of_step` (the one
+place where logging, evaluation and saving are decided), :meth:`~Trainer.evaluate`,
+:meth:`~Trainer.state_dict` / :meth:`~Trainer.load_state_dict`, :meth:`~Trainer.save`, :meth:`~Trainer.close`.
+It knows nothing about a particular head or data set: it moves uint8 image batches to the device,
+normalises them with the backbone's mean/std, runs backbone and head, and steps optimiser and schedule.
 """
 
 from __future__ import annotations
@@ -16,24 +19,19 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from frtrain import __version__
-from frtrain.data.loader import ResumableBatchSampler, make_loader
+from frtrain import distributed as D
+from frtrain.config import TrainerConfig
+from frtrain.data.base import CorruptImages
 from frtrain.data.transforms import normalize_batch
 from frtrain.engine import checkpoint as ckpt_io
-from frtrain.engine import distributed as D
 from frtrain.engine import sharded_state
-from frtrain.engine.build import build
 from frtrain.errors import CheckpointError, ConfigError, FrtrainError
 
 log = logging.getLogger("frtrain")
-
-_LOADER_KEYS = ("batch_size", "num_workers", "pin_memory", "prefetch_factor")
-#: backbone options that change parameter shapes; a checkpoint must agree on them to be resumed
-_STRUCTURAL_BACKBONE_KEYS = ("_target_", "depth", "layers", "width", "embedding_size", "input_size", "blocks", "scale", "name")
 
 
 class TrainingDiverged(FrtrainError):
@@ -75,105 +73,117 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
-def model_meta(cfg: DictConfig, backbone, num_classes: int) -> dict:
+def schedule_length(batches_per_epoch: int, options: TrainerConfig) -> tuple[int, int]:
+    """(optimiser steps per epoch, total steps): ``max_steps``, or ``epochs`` x steps per epoch."""
+    steps_per_epoch = batches_per_epoch // options.accumulate
+    if steps_per_epoch < 1:
+        raise ConfigError(f"trainer.accumulate={options.accumulate} exceeds the {batches_per_epoch} batches of an epoch")
+    if options.max_steps:
+        return steps_per_epoch, int(options.max_steps)
+    return steps_per_epoch, max(1, int(math.ceil(float(options.epochs) * steps_per_epoch)))
+
+
+def model_meta(backbone_cfg: dict, head_cfg: dict, backbone, num_classes: int) -> dict:
     """What a checkpoint needs to rebuild and check the model without the run's config."""
     return {
-        "frtrain_version": __version__,
-        "backbone": OmegaConf.to_container(cfg.backbone, resolve=True),
-        "head": OmegaConf.to_container(cfg.head, resolve=True),
-        "num_classes": int(num_classes),
-        "embedding_size": int(backbone.embedding_size),
-        "input_size": list(backbone.input_size),
-        "mean": list(backbone.mean),
-        "std": list(backbone.std),
-        "world_size": D.world_size(),
+        "frtrain_version": __version__, "backbone": backbone_cfg, "head": head_cfg, "num_classes": int(num_classes),
+        "embedding_size": int(backbone.embedding_size), "input_size": list(backbone.input_size),
+        "mean": list(backbone.mean), "std": list(backbone.std), "world_size": D.world_size(),
     }
 
 
 def check_compatible(meta: dict, current: dict, path: str) -> None:
-    """Refuse to resume a checkpoint of another backbone, head or class count, naming both."""
-    old_b, new_b = meta.get("backbone", {}), current["backbone"]
-    for key in _STRUCTURAL_BACKBONE_KEYS:
-        if old_b.get(key) != new_b.get(key):
-            raise CheckpointError(
-                f"{path}: was trained with backbone {old_b.get('_target_')} ({key}={old_b.get(key)!r}), "
-                f"this run builds {new_b.get('_target_')} ({key}={new_b.get(key)!r})"
-            )
-    old_h, new_h = meta.get("head", {}).get("_target_"), current["head"].get("_target_")
-    if old_h != new_h:
-        raise CheckpointError(f"{path}: was trained with head {old_h}, this run builds {new_h}")
+    """Refuse to resume a checkpoint of another backbone class, head or class count, naming both; the backbone's
+    parameter shapes are compared when its weights are loaded (:func:`checkpoint.load_state_checked`)."""
+    for what in ("backbone", "head"):
+        old, new = (meta.get(what) or {}).get("_target_"), current[what].get("_target_")
+        if old != new:
+            raise CheckpointError(f"{path}: was trained with {what} {old}, this run builds {new}")
     if meta.get("num_classes") != current["num_classes"]:
         raise CheckpointError(
-            f"{path}: has {meta.get('num_classes')} classes, the training data has {current['num_classes']}"
-        )
+            f"{path}: has {meta.get('num_classes')} classes, the training data has {current['num_classes']}")
+
+
+class Throughput:
+    """Images/s and mean loss over a logging window, with evaluation and saving kept out of the time."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.started, self.paused_s, self.images, self.losses = time.perf_counter(), 0.0, 0, []
+
+    def add(self, images: int, loss: float) -> None:
+        self.images += images
+        self.losses.append(loss)
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_s += time.perf_counter() - t
+
+    def images_per_second(self) -> float:
+        return self.images / max(time.perf_counter() - self.started - self.paused_s, 1e-9)
+
+    def mean_loss(self) -> float:
+        return sum(self.losses) / max(len(self.losses), 1)
 
 
 class Trainer:
-    """Fits ``backbone`` + ``head`` on ``dataset`` as the config says; see ``configs/trainer/default.yaml``."""
+    """Fits ``backbone`` + ``head`` with the given loader, optimiser and schedule.
 
-    def __init__(self, cfg: DictConfig, backbone: torch.nn.Module, head, dataset, verifier, out_dir: str):
-        self.cfg, self.tcfg = cfg, cfg.trainer
-        self.out_dir = out_dir
+    Args:
+        backbone, head: built modules (moved to ``device`` here).
+        dataset, sampler, loader: the training data, its :class:`~frtrain.data.loader.ResumableBatchSampler`
+            and the DataLoader over it.
+        optimizer, scheduler: over ``backbone`` and ``head`` parameters; the scheduler steps once per
+            optimiser step.
+        verifier: a :class:`~frtrain.evaluation.verify.Verifier` or None.
+        options: ``trainer`` options (:class:`frtrain.config.TrainerConfig`).
+        out_dir: the run directory (checkpoints/, tb/, results.json).
+        meta: the model record saved in checkpoints (:func:`model_meta`).
+        total_steps, steps_per_epoch: from :func:`schedule_length`.
+        seed: of the run (re-seeding when resumed on another world size).
+        eval_every, eval_at_start, select: when to score the benchmarks, and which one picks ``best.pt``.
+    """
+
+    def __init__(self, backbone, head, dataset, sampler, loader, optimizer, scheduler, verifier,
+                 options: TrainerConfig, out_dir: str, meta: dict, total_steps: int, steps_per_epoch: int,
+                 seed: int = 0, eval_every: int = 0, eval_at_start: bool = False, select: str | None = None,
+                 device: torch.device | None = None):
+        self.opts, self.out_dir, self.meta, self.seed = options, out_dir, meta, int(seed)
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
-        self.device = resolve_device(self.tcfg.device)
-        self.amp_dtype = resolve_precision(self.tcfg.precision, self.device)
-        self.backbone = backbone.to(self.device)
-        self.head = head.to(self.device)
-        self.dataset, self.verifier = dataset, verifier
+        self.device = device or resolve_device(options.device)
+        self.amp_dtype = resolve_precision(options.precision, self.device)
+        self.backbone, self.head = backbone.to(self.device), head.to(self.device)
+        self.dataset, self.sampler, self.loader = dataset, sampler, loader
+        self.optimizer, self.scheduler, self.verifier = optimizer, scheduler, verifier
+        self.total_steps, self.steps_per_epoch = int(total_steps), int(steps_per_epoch)
+        self.accumulate = int(options.accumulate)
+        self.batches_per_epoch = self.steps_per_epoch * self.accumulate  # leftovers that cannot fill a step are skipped
+        self.eval_every = int(eval_every) if verifier else 0
+        self.eval_at_start = bool(eval_at_start) and verifier is not None
+        self.select = select or (verifier.benchmarks[0].name if verifier and verifier.benchmarks else None)
         self.is_main = D.is_main()
-        self.meta = model_meta(cfg, backbone, dataset.num_classes)
-        self.accumulate = int(self.tcfg.accumulate)
-        if self.accumulate < 1:
-            raise ConfigError(f"trainer.accumulate={self.accumulate}: expected a positive integer")
 
-        self.channels_last = self.tcfg.get("channels_last", False)
-        if not isinstance(self.channels_last, bool):
-            raise ConfigError(f"trainer.channels_last={self.channels_last!r}: expected true or false")
-        if self.channels_last:
+        if options.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         self.model = D.wrap_ddp(self.backbone, self.device)
-        if self.tcfg.get("compile"):
-            # the training forward only: evaluation and checkpoints use the plain backbone (same weights)
-            mode = self.tcfg.compile if isinstance(self.tcfg.compile, str) else None
-            if mode not in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
-                raise ConfigError(f"trainer.compile={mode!r}: expected true, false or a torch.compile mode "
-                                  "(default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs)")
-            self.model = torch.compile(self.model, mode=mode)
-
-        batch_size = int(cfg.data.batch_size)
-        self.sampler = ResumableBatchSampler(len(dataset), batch_size, seed=int(cfg.seed), rank=D.rank(),
-                                             world_size=D.world_size())
-        pin = cfg.data.get("pin_memory", "auto")
-        pin = self.device.type == "cuda" if pin == "auto" else bool(pin)
-        # the loader draws its worker seeds from its own generator, so the global RNG (dropout, Partial FC
-        # sampling) advances the same way whether or not a run was interrupted and resumed
-        self.loader = make_loader(dataset, self.sampler, cfg.data.num_workers, pin,
-                                  int(cfg.data.get("prefetch_factor", 2)),
-                                  generator=torch.Generator().manual_seed(int(cfg.seed)))
-        self.steps_per_epoch = self.sampler.batches_per_epoch // self.accumulate
-        if self.steps_per_epoch < 1:
-            raise ConfigError(
-                f"trainer.accumulate={self.accumulate} exceeds the {self.sampler.batches_per_epoch} batches of an epoch"
-            )
-        if self.tcfg.max_steps:
-            self.total_steps = int(self.tcfg.max_steps)
-        else:
-            self.total_steps = max(1, int(math.ceil(float(self.tcfg.epochs) * self.steps_per_epoch)))
-
+        if options.compile:  # the training forward only: evaluation and checkpoints use the plain backbone
+            self.model = torch.compile(self.model, mode=options.compile if isinstance(options.compile, str) else None)
         # the head's class rows are sharded over ranks; its other parameters (if any) are copies on every rank
-        self.class_row_ids = {id(getattr(self.head, n)) for n in sharded_state.class_row_names(self.head)}
-        self.head_replicated = [p for p in self.head.parameters() if id(p) not in self.class_row_ids]
-        groups = [{"params": [p for p in self.backbone.parameters() if p.requires_grad]}] + self.head.param_groups()
-        self.optimizer = build("optim", cfg.optim)(groups)
-        self.lr_lambda = build("sched", cfg.sched)(total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
+        self.class_row_ids = {id(getattr(head, n)) for n in sharded_state.class_row_names(head)}
+        self.head_replicated = [p for p in head.parameters() if id(p) not in self.class_row_ids]
         self.scaler = D.grad_scaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.state = TrainState(images_per_batch=batch_size * D.world_size())
+        self.state = TrainState(images_per_batch=sampler.batch_size * D.world_size())
+        self.global_batch = self.state.images_per_batch * self.accumulate
         self.writer = SummaryWriter(os.path.join(out_dir, "tb")) if self.is_main else None
-        self.corrupt_skipped = 0
-        self.last_results: dict = {}
-        # what results.json reports: verification scores and training losses over steps
-        self.history: dict[str, list] = {"eval": [], "loss": []}
+        self.corrupt = CorruptImages(dataset)
+        self.meter = Throughput()
+        self.history: dict[str, list] = {"eval": [], "loss": []}  # what results.json reports
         self.train_seconds = 0.0
 
     # -- state ----------------------------------------------------------------------------------
@@ -213,7 +223,7 @@ class Trainer:
         self.state.images_per_batch = images_per_batch
         saved_batch = int(ckpt["train_state"].get("images_per_batch") or images_per_batch)
         if saved_batch != images_per_batch:
-            # another global batch (world size x data.batch_size): continue at the same place of the epoch's
+            # another global batch (world size x batch size): continue at the same place of the epoch's
             # sample order, rounded down to an optimiser-step boundary
             seen = self.state.batch_in_epoch * saved_batch
             self.state.batch_in_epoch = seen // images_per_batch // self.accumulate * self.accumulate
@@ -225,7 +235,7 @@ class Trainer:
             ckpt_io.set_rng_state(states[D.rank()])
         else:
             ckpt_io.set_rng_state(states[0])
-            torch.manual_seed(int(self.cfg.seed) * 1_000_003 + self.state.step * 1009 + D.rank())
+            torch.manual_seed(self.seed * 1_000_003 + self.state.step * 1009 + D.rank())
             log.warning("%s: saved by %d ranks, this run has %d: random generators re-seeded from the step and rank",
                         path, len(states), D.world_size())
 
@@ -238,11 +248,12 @@ class Trainer:
         ``trainer.init_head`` is true; a different class count is an error naming both numbers. Heads that
         keep nothing of that shape start fresh, and the log says so. Optimiser, schedule and step start anew.
         """
-        from frtrain.interop import plain_state_dict
+        from frtrain.engine.insightface import plain_state_dict
 
         path = os.path.abspath(os.path.expanduser(path))
         obj = ckpt_io.load_file(path)
         if isinstance(obj, dict) and obj.get("format") == ckpt_io.FORMAT:
+            obj = ckpt_io.checked_checkpoint(obj, path)
             ckpt_io.load_state_checked(self.backbone, obj["model"], path, "backbone")
             head_state = obj.get("head") or {}
         else:
@@ -250,8 +261,8 @@ class Trainer:
             head_state = {}
         weight = head_state.get("weight")
         own = getattr(self.head, "weight", None)
-        if not self.tcfg.get("init_head", True) or weight is None or own is None:
-            why = ("trainer.init_head=false" if not self.tcfg.get("init_head", True) else
+        if not self.opts.init_head or weight is None or own is None:
+            why = ("trainer.init_head=false" if not self.opts.init_head else
                    "the checkpoint has no class vectors" if weight is None else "this head keeps no class vectors")
             log.info("init_from %s: backbone loaded; the head starts fresh (%s)", path, why)
             return
@@ -268,10 +279,10 @@ class Trainer:
         log.info("init_from %s: backbone and the %d class vectors loaded", path, weight.shape[0])
 
     def resume_path(self) -> str | None:
-        resume = self.tcfg.resume
-        if resume in (None, False, "", "null", "none"):
+        resume = self.opts.resume
+        if resume in (None, "", "null", "none", "false"):
             return None
-        if resume in (True, "auto", "latest"):
+        if resume in ("auto", "latest", "true"):
             return ckpt_io.latest_checkpoint(self.out_dir)
         path = os.path.abspath(os.path.expanduser(str(resume)))
         if os.path.isdir(path):
@@ -283,6 +294,16 @@ class Trainer:
             raise CheckpointError(f"trainer.resume={resume}: no such file or directory")
         return path
 
+    def restore(self) -> None:
+        """Resume (``trainer.resume``) or, for a fresh run, start from other weights (``trainer.init_from``)."""
+        path = self.resume_path()
+        if path:
+            self.load_state_dict(ckpt_io.load_checkpoint(path, mmap=True), path)
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch,
+                     self.state.batch_in_epoch)
+        elif self.opts.init_from:
+            self.init_weights(str(self.opts.init_from))
+
     def save(self, name: str | None = None) -> str | None:
         """Write a checkpoint on rank 0 (``step-N.pt``, or ``name``) and prune old step files; all ranks sync."""
         path = None
@@ -291,7 +312,7 @@ class Trainer:
             path = os.path.join(self.ckpt_dir, name or f"step-{self.state.step:08d}.pt")
             ckpt_io.save_atomic(state, path)
             if name is None:
-                ckpt_io.prune(self.ckpt_dir, int(self.tcfg.keep_last))
+                ckpt_io.prune(self.ckpt_dir, int(self.opts.keep_last))
         D.barrier()
         return path
 
@@ -301,168 +322,174 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def forward_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def micro_batches(self):
+        """(images, labels, skipped) batches from the current place of the epoch's order (``state.epoch``,
+        ``state.batch_in_epoch``); a new order once :meth:`end_of_step` rolls the epoch over."""
+        while True:
+            epoch = self.state.epoch
+            self.sampler.set_epoch(epoch, self.state.batch_in_epoch)
+            for batch in self.loader:
+                yield batch
+                if self.state.epoch != epoch:
+                    break
+
+    def train_micro_batch(self, images: torch.Tensor, labels: torch.Tensor, skipped: list[int]) -> None:
+        """Forward and backward of one micro-batch (the loss scaled by 1/accumulate)."""
         x = normalize_batch(images.to(self.device, non_blocking=True), self.backbone.mean, self.backbone.std)
-        if self.channels_last:
+        if self.opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             embeddings = self.model(x)
-        return self.head(embeddings, labels.to(self.device, non_blocking=True))
+        loss = self.head(embeddings, labels.to(self.device, non_blocking=True))
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {float(loss.detach())} at step {self.state.step + 1}; lower optim.lr")
+        self.scaler.scale(loss / self.accumulate).backward()
+        self.state.batch_in_epoch += 1
+        if skipped:
+            first = not self.corrupt.seen
+            self.corrupt.add(skipped)
+            if first:  # say it at once; later ones are summarised per epoch
+                self.corrupt.warn_new(f"step {self.state.step + 1}")
+        self.meter.add(images.shape[0] * D.world_size(), float(loss.detach()))
 
     def optimizer_step(self) -> float | None:
+        """Combine, clip, step optimiser, scaler and schedule; returns the gradient norm when clipping."""
         grad_norm = None
         D.sum_gradients(self.head_replicated)  # each rank holds its share of their gradient
-        if self.tcfg.clip_grad_norm:
+        if self.opts.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             rows = self.class_row_ids
             grad_norm = D.clip_grad_norm([p for p in params if id(p) not in rows],
-                                         [p for p in params if id(p) in rows], float(self.tcfg.clip_grad_norm))
+                                         [p for p in params if id(p) in rows], float(self.opts.clip_grad_norm))
             if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
                 raise TrainingDiverged(f"gradient norm is {grad_norm} at step {self.state.step + 1}; lower optim.lr")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        self.head.after_optimizer_step()
         self.state.step += 1
+        self.state.images_seen += self.global_batch
         return grad_norm
 
-    def evaluate(self) -> dict:
-        """Score the benchmarks on rank 0, log them, and keep ``best.pt`` for the selected benchmark."""
-        if self.verifier is None:
-            return {}
-        results = {}
-        if self.is_main:
-            results = self.verifier.run(self.backbone, self.device, self.amp_dtype)
-            for name, r in results.items():
-                for key, value in (("accuracy", r.accuracy), ("accuracy_std", r.accuracy_std), ("auc", r.auc),
-                                   ("eer", r.eer), ("threshold", r.threshold), ("xnorm", r.xnorm)):
-                    if value is not None:
-                        self.writer.add_scalar(f"val/{name}/{key}", value, self.state.step)
-                for far, tar in r.tar_at_far.items():
-                    if tar is not None:
-                        self.writer.add_scalar(f"val/{name}/tar@far={far}", tar, self.state.step)
-                log.info("step %d  %s: accuracy %.2f%% ± %.2f  auc %.4f  eer %.2f%%", self.state.step, name,
-                         100 * r.accuracy, 100 * r.accuracy_std, r.auc, 100 * r.eer)
-                self.history["eval"].append({"step": self.state.step, "benchmark": name, "accuracy": r.accuracy,
-                                             "accuracy_std": r.accuracy_std, "auc": r.auc, "eer": r.eer})
-        select = self.cfg.eval.get("select") or (self.verifier.benchmarks[0].name if self.verifier.benchmarks else None)
-        improved = False
-        if self.is_main and select is not None:
-            if select not in results:
-                raise ConfigError(f"eval.select={select!r} is not one of the benchmarks {sorted(results)}")
-            if results[select].accuracy > self.state.best_score:
-                self.state.best_score, self.state.best_step = results[select].accuracy, self.state.step
-                improved = True
-        if D.broadcast_object(improved):
-            self.save("best.pt")
-        self.last_results = results
-        return results
-
-    def log_step(self, loss: float, lr: float, images_per_sec: float, grad_norm: float | None) -> None:
-        if not self.is_main:
+    def end_of_step(self, progress, grad_norm: float | None) -> None:
+        """Where a step ends: roll the epoch over at its end, log every ``log_every`` steps, evaluate every
+        ``eval_every``, save every ``checkpoint_every`` (the last step's evaluation and checkpoint are :meth:`fit`'s)."""
+        step, last = self.state.step, self.state.step >= self.total_steps
+        if self.state.batch_in_epoch >= self.batches_per_epoch:  # leftovers that cannot fill a step are skipped
+            self.corrupt.warn_new(f"epoch {self.state.epoch}")
+            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        progress.update(1)
+        if step % int(self.opts.log_every) == 0 or last:
+            self.log_step(progress, grad_norm)
+        if last:
             return
-        step = self.state.step
-        self.history["loss"].append({"step": step, "loss": loss, "lr": lr, "images_per_sec": images_per_sec})
-        self.writer.add_scalar("train/loss", loss, step)
-        self.writer.add_scalar("train/lr", lr, step)
-        self.writer.add_scalar("train/images_per_sec", images_per_sec, step)
-        self.writer.add_scalar("train/corrupt_images_skipped", self.corrupt_skipped, step)
-        if grad_norm is not None:
-            self.writer.add_scalar("train/grad_norm", grad_norm, step)
-        for key, value in getattr(self.head, "stats", {}).items():
-            self.writer.add_scalar(f"head/{key}", float(value), step)
+        with self.meter.paused():  # keep evaluation and saving out of the images/s figure
+            if self.eval_every and step % self.eval_every == 0:
+                self.evaluate()
+                self.backbone.train()
+            if self.opts.checkpoint_every and step % int(self.opts.checkpoint_every) == 0:
+                self.save()
 
     def fit(self) -> dict:
-        """Train to ``total_steps`` (resuming first if asked), evaluate, save; returns the last results."""
-        path = self.resume_path()
-        if not path and self.tcfg.get("init_from"):
-            self.init_weights(str(self.tcfg.init_from))
-        if path:
-            self.load_state_dict(ckpt_io.load_checkpoint(path, mmap=True), path)
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch,
-                     self.state.batch_in_epoch)
-        tcfg = self.tcfg
-        global_batch = int(self.cfg.data.batch_size) * D.world_size() * self.accumulate
-        batches_per_epoch = self.steps_per_epoch * self.accumulate  # leftovers that cannot fill a step are skipped
+        """Train to ``total_steps`` (from where :meth:`restore` left the state), evaluate, save; returns the
+        last verification results by benchmark name."""
         log.info("training %d steps (%d per epoch), global batch %d, %d classes, %d images, device %s, precision %s",
-                 self.total_steps, self.steps_per_epoch, global_batch, self.dataset.num_classes, len(self.dataset),
+                 self.total_steps, self.steps_per_epoch, self.global_batch, self.head.num_classes, len(self.dataset),
                  self.device, self.amp_dtype or "fp32")
-        eval_every = int(self.cfg.eval.get("every_steps") or 0) if self.verifier else 0
-        if self.cfg.eval.get("at_start") and self.state.step == 0:
+        if self.eval_at_start and self.state.step == 0:
             self.evaluate()
         self.backbone.train()
         self.head.train()
-        started = time.perf_counter()
+        started, batches = time.perf_counter(), self.micro_batches()
         progress = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step",
-                        disable=not (self.is_main and tcfg.progress), dynamic_ncols=True)
-        window_start, window_images, loss_sum, micro = time.perf_counter(), 0, 0.0, 0
+                        disable=not (self.is_main and self.opts.progress), dynamic_ncols=True)
         try:
+            self.meter.reset()
             while self.state.step < self.total_steps:
-                self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
-                for images, labels, skipped in self.loader:
-                    if self.state.batch_in_epoch >= batches_per_epoch:
-                        break
-                    loss = self.forward_loss(images, labels)
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(f"loss is {float(loss.detach())} at step {self.state.step + 1}; lower optim.lr")
-                    self.scaler.scale(loss / self.accumulate).backward()
-                    self.state.batch_in_epoch += 1
-                    self.corrupt_skipped += int(skipped.sum())
-                    window_images += images.shape[0] * D.world_size()
-                    loss_sum += float(loss.detach())
-                    micro += 1
-                    if self.state.batch_in_epoch % self.accumulate:
-                        continue
-                    grad_norm = self.optimizer_step()
-                    self.state.images_seen += global_batch
-                    progress.update(1)
-                    step = self.state.step
-                    if step % int(tcfg.log_every) == 0 or step == self.total_steps:
-                        elapsed = time.perf_counter() - window_start
-                        lr = self.optimizer.param_groups[0]["lr"]
-                        speed = window_images / max(elapsed, 1e-9)
-                        self.log_step(loss_sum / micro, lr, speed, grad_norm)
-                        progress.set_postfix(loss=f"{loss_sum / micro:.3f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
-                        window_start, window_images, loss_sum, micro = time.perf_counter(), 0, 0.0, 0
-                    paused = False
-                    if eval_every and step % eval_every == 0 and step < self.total_steps:
-                        self.evaluate()
-                        self.backbone.train()
-                        paused = True
-                    if tcfg.checkpoint_every and step % int(tcfg.checkpoint_every) == 0 and step < self.total_steps:
-                        self.save()
-                        paused = True
-                    if paused:  # keep evaluation and saving out of the images/s figure
-                        window_start, window_images = time.perf_counter(), 0
-                    if step >= self.total_steps:
-                        break
-                if self.state.batch_in_epoch >= batches_per_epoch:
-                    self.state.epoch += 1
-                    self.state.batch_in_epoch = 0
+                for _ in range(self.accumulate):
+                    self.train_micro_batch(*next(batches))
+                self.end_of_step(progress, self.optimizer_step())
             progress.close()
             self.train_seconds += time.perf_counter() - started
             results = self.evaluate()
             self.save()
             self.write_results(results)
-            if self.corrupt_skipped:
-                log.warning("%d corrupt images were skipped during training (see the warnings above)", self.corrupt_skipped)
             return results
         finally:
             progress.close()
             self.close()
 
-    def write_results(self, results: dict) -> None:
-        """``results.json`` in the run directory: final and best scores, history, time taken."""
+    def evaluate(self) -> dict:
+        """Score the benchmarks on rank 0, log them (scalars and ROC figures), keep ``best.pt`` for ``select``."""
+        if self.verifier is None:
+            return {}
+        results, improved = {}, False
+        if self.is_main:
+            results = self.verifier.run(self.backbone, self.device, self.amp_dtype)
+            for name, r in results.items():
+                self.log_result(name, r)
+            best = results[self.select].accuracy
+            if best > self.state.best_score:
+                self.state.best_score, self.state.best_step, improved = best, self.state.step, True
+        if D.broadcast_object(improved):
+            self.save("best.pt")
+        return results
+
+    def log_result(self, name: str, r) -> None:
+        from frtrain.evaluation.report import roc_figure
+
+        step = self.state.step
+        for key, value in (("accuracy", r.accuracy), ("accuracy_std", r.accuracy_std), ("auc", r.auc),
+                           ("eer", r.eer), ("threshold", r.threshold), ("xnorm", r.xnorm)):
+            if value is not None:
+                self.writer.add_scalar(f"val/{name}/{key}", value, step)
+        for far, tar in r.tar_at_far.items():
+            if tar is not None:
+                self.writer.add_scalar(f"val/{name}/tar@far={far}", tar, step)
+        self.writer.add_figure(f"val/{name}/roc", roc_figure(r), step)
+        log.info("step %d  %s: accuracy %.2f%% ± %.2f  auc %.4f  eer %.2f%%", step, name, 100 * r.accuracy,
+                 100 * r.accuracy_std, r.auc, 100 * r.eer)
+        self.history["eval"].append({"step": step, "benchmark": name, "accuracy": r.accuracy,
+                                     "accuracy_std": r.accuracy_std, "auc": r.auc, "eer": r.eer})
+
+    def log_step(self, progress, grad_norm: float | None) -> None:
+        loss, speed = self.meter.mean_loss(), self.meter.images_per_second()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.meter.reset()
+        progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
         if not self.is_main:
             return
+        step = self.state.step
+        self.history["loss"].append({"step": step, "loss": loss, "lr": lr, "images_per_sec": speed})
+        for key, value in (("loss", loss), ("lr", lr), ("images_per_sec", speed),
+                           ("corrupt_images_skipped", len(self.corrupt)), ("grad_norm", grad_norm)):
+            if value is not None:
+                self.writer.add_scalar(f"train/{key}", value, step)
+        for key, value in getattr(self.head, "stats", {}).items():
+            self.writer.add_scalar(f"head/{key}", float(value), step)
+
+    def write_results(self, results: dict) -> None:
+        """``results.json`` in the run directory (final and best scores, history, time, corrupt images) and
+        ``corrupt_images.txt`` (every skipped file, once) when there were any."""
+        self.corrupt.warn_new("end of training")
+        gathered = D.gather_objects(self.corrupt.paths())
+        if not self.is_main:
+            return
+        corrupt = sorted({p for paths in gathered for p in paths})
+        if corrupt:
+            with open(os.path.join(self.out_dir, "corrupt_images.txt"), "w") as f:
+                f.write("\n".join(corrupt) + "\n")
+            log.warning("%d corrupt images were skipped (listed in %s)", len(corrupt),
+                        os.path.join(self.out_dir, "corrupt_images.txt"))
         summary = {
             "final": {name: r.to_dict() for name, r in results.items()},
             "best": {"score": self.state.best_score, "step": self.state.best_step,
                      "checkpoint": os.path.join(self.ckpt_dir, "best.pt") if self.state.best_step >= 0 else None},
             "steps": self.state.step,
             "train_seconds": self.train_seconds,
-            "corrupt_images_skipped": self.corrupt_skipped,
+            "corrupt_images_skipped": len(corrupt),
             "history": self.history,
         }
         path = os.path.join(self.out_dir, "results.json")

@@ -1,6 +1,6 @@
 """Verification metrics: insightface's 10-fold accuracy, ROC, TAR@FAR, AUC, EER.
 
-Conventions (../shared/spec/protocols.md): embeddings are L2-normalised in float64 (as sklearn's
+Conventions (insightface's ``verification.py``): embeddings are L2-normalised in float64 (as sklearn's
 ``normalize`` does in insightface), the pair distance is ``d = ||e1 - e2||^2 = 2 - 2 cos`` and a pair
 is predicted "same" when ``d < threshold``. For each fold the threshold maximising accuracy on the other
 folds (the first, i.e. smallest, of equal bests) is applied to the held-out fold. With the default grid
@@ -17,6 +17,8 @@ from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
 FARS = (1e-3, 1e-4)
+#: false accept rates at which the report states a deployable cosine threshold
+THRESHOLD_FARS = (1e-3, 1e-4, 1e-5)
 
 
 def kfold_ids(num_pairs: int, num_folds: int = 10) -> np.ndarray:
@@ -88,6 +90,20 @@ def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float, num_negatives: int)
     return float(np.max(tpr[ok])) if ok.any() else 0.0
 
 
+def threshold_at_far(impostor_scores: np.ndarray, far: float) -> dict:
+    """The cosine threshold t at which at most ``far`` of the impostor pairs score ``>= t``.
+
+    ``impostor_scores``: (N,) cosine similarities of different-person pairs. Returns ``{"cosine": t,
+    "far": the achieved FAR, "impostors": N, "reliable": N * far >= 10}``: with fewer than 10 impostors
+    accepted at that rate the threshold rests on a handful of pairs.
+    """
+    scores = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
+    n = scores.size
+    k = int(np.floor(far * n))  # impostors that may be accepted
+    t = float(np.nextafter(scores[k], np.inf)) if k < n else float(scores[-1])
+    return {"cosine": t, "far": float(np.sum(scores >= t)) / n, "impostors": n, "reliable": n * far >= 10}
+
+
 def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
     """EER: the error where the false accept rate equals the false reject rate (linear interpolation)."""
     fnr = 1.0 - tpr
@@ -115,6 +131,8 @@ class VerificationResult:
     auc: float
     eer: float
     xnorm: float | None = None
+    num_impostors: int = 0
+    far_thresholds: dict[str, dict] = field(default_factory=dict)
     skipped_pairs: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -148,5 +166,6 @@ def verification_scores(name: str, emb1: np.ndarray, emb2: np.ndarray, issame, f
         name=name, num_pairs=int(issame.size), accuracy=float(np.mean(accs)), accuracy_std=float(np.std(accs)),
         fold_accuracies=[float(a) for a in accs], threshold=float(np.mean(chosen)), tar_at_far=tars,
         auc=float(roc_auc_score(issame, score)), eer=equal_error_rate(fpr, tpr), xnorm=xnorm, notes=notes,
+        num_impostors=num_neg, far_thresholds={f"{far:g}": threshold_at_far(score[~issame], far) for far in THRESHOLD_FARS},
         roc={"fpr": fpr.tolist(), "tpr": tpr.tolist()},
     )

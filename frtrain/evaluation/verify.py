@@ -39,6 +39,10 @@ class _Resized:
         return resize_to(self.load(i), self.size)
 
 
+#: images decoded per DataLoader batch (independent of the images per forward pass)
+DECODE_BATCH = 256
+
+
 class Verifier:
     """Scores a model on a list of benchmarks; keeps their decoded images for repeated evaluation.
 
@@ -46,7 +50,8 @@ class Verifier:
         benchmarks: the :class:`PairBenchmark` objects.
         input_size: (H, W) the model expects; images are resized to it once, at decoding.
         mean, std: the model's normalisation.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (each with its flip); ``auto``: 32 on CPU (large CPU batches
+            are memory-bound), 256 on CUDA.
         num_workers: decoding processes.
         flip: ``sum`` (insightface), ``concat`` or ``none``.
         thresholds: ``grid`` (insightface) or ``exact``.
@@ -55,16 +60,36 @@ class Verifier:
             are decoded in DataLoader workers batch by batch while the model embeds, never all held at once.
     """
 
-    def __init__(self, benchmarks: Sequence[PairBenchmark], input_size, mean, std, batch_size: int = 256,
+    def __init__(self, benchmarks: Sequence[PairBenchmark], input_size, mean, std, batch_size: int | str = "auto",
                  num_workers: int = 0, flip: str = "sum", thresholds: str = "grid", cache_images: bool = True,
                  cache_max_bytes: float = 4e9):
         self.benchmarks = list(benchmarks)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.mean, self.std = tuple(mean), tuple(std)
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.batch_size, self.num_workers = batch_size, int(num_workers)
         self.flip, self.thresholds, self.cache_images = flip, thresholds, cache_images
         self.cache_max_bytes = float(cache_max_bytes)
         self._decoded: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg, model, cache_images: bool = True) -> "Verifier | None":
+        """The benchmarks of ``cfg`` (``eval.benchmarks`` and ``benchmarks=[...]``) bound to the model's input
+        size and normalisation, with ``cfg.eval``'s options; None when there are none."""
+        from frtrain.config import benchmark_nodes
+        from frtrain.engine.build import build
+
+        nodes = benchmark_nodes(cfg)
+        if not nodes:
+            return None
+        built = [build(where, node, name=name) for name, (where, node) in nodes.items()]
+        e = cfg.eval
+        return cls(built, model.input_size, model.mean, model.std, batch_size=e.batch_size,
+                   num_workers=int(e.num_workers), flip=e.flip, thresholds=e.thresholds, cache_images=cache_images)
+
+    def forward_batch(self, device: torch.device) -> int:
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        return 32 if device.type == "cpu" else 256
 
     def _fits_cache(self, bench: PairBenchmark) -> bool:
         h, w = self.input_size
@@ -73,20 +98,21 @@ class Verifier:
     def image_batches(self, bench: PairBenchmark):
         """(B, 3, H, W) uint8 batches of every image of the benchmark, in order, each decoded once."""
         if bench.name in self._decoded:
-            return self._decoded[bench.name].split(self.batch_size)
+            return self._decoded[bench.name].split(DECODE_BATCH)
         if self._fits_cache(bench):
             self._decoded[bench.name] = decode_all(_Resized(bench.load, self.input_size), bench.num_images,
-                                                   self.batch_size, self.num_workers)
-            return self._decoded[bench.name].split(self.batch_size)
+                                                   DECODE_BATCH, self.num_workers)
+            return self._decoded[bench.name].split(DECODE_BATCH)
         return DataLoader(ImageList(_Resized(bench.load, self.input_size), bench.num_images),
-                          batch_size=self.batch_size, num_workers=self.num_workers)
+                          batch_size=DECODE_BATCH, num_workers=self.num_workers)
 
     def score(self, model: EmbedFn, bench: PairBenchmark, device: torch.device,
               autocast_dtype: torch.dtype | None = None, progress: bool = False) -> VerificationResult:
         start = time.perf_counter()
         bar = (lambda it: tqdm(it, desc=bench.name, unit="batch", leave=False)) if progress else None
         emb, xnorm = embed_batches(model, self.image_batches(bench), self.mean, self.std, device, self.flip,
-                                   progress=bar, autocast_dtype=autocast_dtype)
+                                   progress=bar, autocast_dtype=autocast_dtype,
+                                   forward_batch=self.forward_batch(device))
         if len(emb) != bench.num_images:
             raise RuntimeError(f"{bench.name}: embedded {len(emb)} images, expected {bench.num_images}")
         if bench.item_of_image is not None:

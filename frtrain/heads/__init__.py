@@ -7,6 +7,7 @@ from frtrain.heads.center import CenterLoss
 from frtrain.heads.class_vectors import Head
 from frtrain.heads.classic import ArcFace, CombinedMargin, CosFace, MagFace, MarginSoftmax, NormFace, Softmax, SphereFace
 from frtrain.heads.ie import IELoss
+from frtrain.heads.margins import ArcMargin, CosMargin, MagFaceMargin
 from frtrain.heads.intraloss import IntraLoss
 from frtrain.heads.marginloss import MarginLoss
 from frtrain.heads.npt import NPTLoss
@@ -15,4 +16,5 @@ from frtrain.heads.unpg import UNPG
 __all__ = [
     "Head", "Softmax", "MarginSoftmax", "NormFace", "SphereFace", "CosFace", "ArcFace",
     "CombinedMargin", "MagFace", "CenterLoss", "NPTLoss", "UNPG", "IELoss", "IntraLoss", "MarginLoss",
+    "ArcMargin", "CosMargin", "MagFaceMargin",
 ]

@@ -7,7 +7,7 @@ Shapes used throughout the heads:
     cos / logits: (W*B, C_local), float32 (float64 when the inputs are float64).
     local_target: (W*B,) index of the label's column in this shard, -1 where another rank owns it.
 
-Per-shard partial results are combined with the collectives of :mod:`frtrain.engine.distributed`,
+Per-shard partial results are combined with the collectives of :mod:`frtrain.distributed`,
 so the loss and its gradients equal those of the same head on one process.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frtrain.engine import distributed as D
+from frtrain import distributed as D
 from frtrain.errors import ConfigError
 
 
@@ -100,6 +100,10 @@ class Head(nn.Module):
     def param_groups(self) -> list[dict]:
         """Optimiser parameter groups; heads with their own learning rates (centres) override this."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def after_optimizer_step(self) -> None:
+        """Called by the trainer after every optimiser step (not every micro-batch): schedules that count
+        steps (SphereFace's lambda) advance here."""
 
     def extra_repr(self) -> str:
         shard = "" if self.world_size == 1 else f", shard=[{self.class_start}, {self.class_start + self.num_local})"

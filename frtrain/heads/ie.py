@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from frtrain.engine import distributed as D
+from frtrain import distributed as D
 from frtrain.heads.center import SoftmaxWithCenters
 from frtrain.heads.class_vectors import check_option, target_values
 

@@ -9,8 +9,9 @@ implemented here:
     a_i = 1 if theta_i > the mean theta of the samples of class y_i in the batch (the batch mean where
           the class has one sample), else 0; a_i carries no gradient.
 
-Open choices, as options: ``base`` (arcface | cosface), ``lambda_intra`` (1.0), ``region``
-(``above_class_mean`` | ``all``; ``all`` is the Intra-Loss of the ArcFace paper, L + lambda*theta/pi).
+Open choices, as options: ``base`` (a margin object: ArcMargin, default 0.5 rad, or CosMargin),
+``lambda_intra`` (1.0), ``region`` (``above_class_mean`` | ``all``; ``all`` is the Intra-Loss of the ArcFace
+paper, L + lambda*theta/pi). The term is the margin-softmax head's :meth:`IntraLoss.extra_loss` hook.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import math
 
 import torch
 
-from frtrain.heads.class_vectors import check_option, sharded_cross_entropy
-from frtrain.heads.classic import BaseMargin, MarginSoftmax, safe_acos
+from frtrain.heads.class_vectors import check_option
+from frtrain.heads.classic import MarginSoftmax
+from frtrain.heads.margins import ArcMargin, CosMargin, Margin, safe_acos
+from frtrain.heads.unpg import check_base
 
 
 def above_class_mean(theta: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -37,29 +40,27 @@ class IntraLoss(MarginSoftmax):
     """IntraLoss (reconstruction): a margin head plus lambda * a_i * theta_i / pi on the anisotropic region.
 
     Args:
-        base: ``arcface`` (margin in radians, default 0.5) or ``cosface`` (margin in cosine units).
-        scale, margin: the base head's s and m.
+        base: the base margin: :class:`~frtrain.heads.margins.ArcMargin` (default, 0.5 rad) or
+            :class:`~frtrain.heads.margins.CosMargin`.
+        scale: the base head's s.
         lambda_intra: weight of the gradient-enhancing term (1.0).
         region: ``above_class_mean`` (default) or ``all``.
     """
 
-    def __init__(self, embedding_size: int, num_classes: int, base: str = "arcface", scale: float = 64.0,
-                 margin: float = 0.5, lambda_intra: float = 1.0, region: str = "above_class_mean",
+    def __init__(self, embedding_size: int, num_classes: int, base: Margin | None = None,
+                 scale: float | str = "auto", lambda_intra: float = 1.0, region: str = "above_class_mean",
                  margin_grad: str = "autograd", sample_rate: float = 1.0):
         super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
-        self.base_margin = BaseMargin(base, margin, ("arcface", "cosface"))
+        self.base = check_base(base, (ArcMargin, CosMargin), "IntraLoss")
         check_option("lambda_intra", lambda_intra, lambda_intra >= 0.0, "a non-negative weight")
         check_option("region", region, region in ("above_class_mean", "all"), "'above_class_mean' or 'all'")
         self.lambda_intra, self.region = float(lambda_intra), region
 
     def target_logit(self, cos_t, norms):
-        return self.base_margin.target_logit(cos_t, norms)
+        return self.base.target_logit(cos_t, norms)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x_all, y_all = self.gather(embeddings, labels)
-        logits, local_target, cos_t, _, _ = self.margin_logits(x_all, y_all)
-        ce = sharded_cross_entropy(logits, local_target)
-        theta = safe_acos(cos_t)
+    def extra_loss(self, m, y_all):
+        theta = safe_acos(m.cos_t)
         active = torch.ones_like(theta) if self.region == "all" else above_class_mean(theta, y_all)
         self.stats["active_fraction"] = active.mean()
-        return (ce + self.lambda_intra * active * theta / math.pi).mean()
+        return self.lambda_intra * active * theta / math.pi

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from frtrain.engine import distributed as D
+from frtrain import distributed as D
 from frtrain.heads.class_vectors import Head, check_option, class_cosines, target_values
 
 

@@ -14,6 +14,10 @@ taken from the mini-batch itself,
 
 The batch negatives get no margin. UNPG replaces the base head's cross-entropy; MagFace's regulariser is
 added as usual. A batch with a single identity has no negative pair and falls back to the base head.
+
+The base margin is an object (``base: {_target_: frtrain.heads.margins.ArcMargin, margin_rad: 0.5}``;
+CosMargin with ``margin_cos``, MagFaceMargin with its options), and UNPG is the margin-softmax head with
+two hooks: the base's target logit and :meth:`UNPG.extra_logsumexp`.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import math
 
 import torch
 
-from frtrain.engine import distributed as D
-from frtrain.heads.class_vectors import check_option, normalized, sharded_cross_entropy
-from frtrain.heads.classic import BaseMargin, MarginSoftmax
+from frtrain import distributed as D
+from frtrain.errors import ConfigError
+from frtrain.heads.class_vectors import check_option, normalized
+from frtrain.heads.classic import MarginSoftmax
+from frtrain.heads.margins import ArcMargin, Margin
 
 
 def batch_negative_similarities(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -50,32 +56,50 @@ def box_whisker_filter(values: torch.Tensor, r: float) -> torch.Tensor:
     return values[(values >= q1 - r * iqr) & (values <= q3 + r * iqr)]
 
 
+def check_base(base, allowed: tuple[type, ...], head: str) -> Margin:
+    """The ``base`` margin object of a head that wraps one; a string (the old switch) is a clear error."""
+    if base is None:
+        return ArcMargin()
+    if isinstance(base, str):
+        raise ConfigError(f"head.base={base!r}: base is now a margin object, e.g. head.base={{_target_: "
+                          "frtrain.heads.margins.ArcMargin, margin_rad: 0.5}} (or CosMargin with margin_cos"
+                          f"{', MagFaceMargin' if any(c.__name__ == 'MagFaceMargin' for c in allowed) else ''})")
+    if not isinstance(base, allowed):
+        raise ConfigError(f"head.base: {head} takes {' or '.join(c.__name__ for c in allowed)}, got {type(base).__name__}")
+    return base
+
+
 class UNPG(MarginSoftmax):
-    """UNPG over a base margin head.
+    """UNPG over a base margin.
 
     Args:
-        base: ``arcface`` (margin in radians), ``cosface`` (margin in cosine units) or ``magface``.
-        scale: s (64).
-        margin: the base head's margin (0.5 for both ArcFace and CosFace in the authors' run).
+        base: the base head's margin: :class:`~frtrain.heads.margins.ArcMargin` (default, 0.5 rad),
+            :class:`~frtrain.heads.margins.CosMargin` or :class:`~frtrain.heads.margins.MagFaceMargin`
+            (0.5 for both ArcFace and CosFace in the authors' run).
+        scale: s (64 in the paper; ``auto`` by class count).
         r: the whisker length of the filter (1.5; the authors used 1.0 on another data set).
-        magface: MagFace options (l_a, u_a, l_m, u_m, lambda_g) when ``base='magface'``.
     """
 
-    def __init__(self, embedding_size: int, num_classes: int, base: str = "arcface", scale: float = 64.0,
-                 margin: float = 0.5, r: float = 1.5, magface: dict | None = None, margin_grad: str = "autograd",
+    def __init__(self, embedding_size: int, num_classes: int, base: Margin | None = None,
+                 scale: float | str = "auto", r: float = 1.5, margin_grad: str = "autograd",
                  sample_rate: float = 1.0):
+        from frtrain.heads.margins import CosMargin, MagFaceMargin
+
         super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
         check_option("r", r, r >= 0.0, "a non-negative whisker length")
-        self.base_margin = BaseMargin(base, margin, ("arcface", "cosface", "magface"), magface)
+        self.base = check_base(base, (ArcMargin, CosMargin, MagFaceMargin), "UNPG")
         self.r = float(r)
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, base={self.base}, r={self.r}"
+
     def target_logit(self, cos_t, norms):
-        return self.base_margin.target_logit(cos_t, norms)
+        return self.base.target_logit(cos_t, norms)
 
-    def extra_loss(self, norms):
-        return self.base_margin.regulariser(norms)
+    def extra_loss(self, m, y_all):
+        return self.base.regulariser(D.replicated(m.norms))
 
-    def negatives_logsumexp(self, x_all: torch.Tensor, y_all: torch.Tensor) -> torch.Tensor | None:
+    def extra_logsumexp(self, x_all: torch.Tensor, y_all: torch.Tensor) -> torch.Tensor | None:
         """LSE over the kept batch negatives of s*t (a scalar), or None when the batch has one identity."""
         # computed identically on every rank from the gathered batch: only rank 0 keeps its graph
         kept = box_whisker_filter(batch_negative_similarities(D.replicated(x_all), y_all), self.r)
@@ -83,12 +107,3 @@ class UNPG(MarginSoftmax):
         if kept.numel() == 0:
             return None
         return torch.logsumexp(self.scale * kept, dim=0)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x_all, y_all = self.gather(embeddings, labels)
-        logits, local_target, _, _, norms = self.margin_logits(x_all, y_all)
-        loss = sharded_cross_entropy(logits, local_target, self.negatives_logsumexp(x_all, y_all))
-        extra = self.extra_loss(D.replicated(norms))
-        if extra is not None:
-            loss = loss + extra
-        return loss.mean()

@@ -1,0 +1,406 @@
+"""The configuration: typed schemas, composition, and the checks that run before any expensive work.
+
+Hydra composes ``configs/`` (shipped inside the package as ``frtrain.configs``). The nodes frtrain reads
+itself have a schema (a dataclass registered in Hydra's ConfigStore and named ``schema`` in their group):
+``trainer``, ``eval``, ``data.loader`` and ``paths``. A misspelt key or a wrong type there, in a command-line
+override or in an experiment file, stops composition naming the key. The other nodes (backbone, head,
+data set, benchmarks, optimiser, schedule) are ``_target_`` nodes whose keys are checked against the
+target's signature by :func:`frtrain.engine.build.build`.
+
+Before anything expensive (data generation, indexing, model building) the entry points call
+:func:`check_command_line` (one line, with the closest valid names, for a bad override) and
+:func:`validate_train` / :func:`validate_eval` (every node's keys, types and ranges).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from frtrain.errors import ConfigError
+
+CONFIG_MODULE = "frtrain.configs"
+
+
+# -- schemas ------------------------------------------------------------------------------------------
+@dataclass
+class PathsConfig:
+    """Where frtrain reads and caches data (``configs/paths/default.yaml``)."""
+
+    cache_dir: str = "${oc.env:FRTRAIN_CACHE,'~/.cache/frtrain'}"  # generated data, file indexes
+    datasets: str = "${oc.env:FRTRAIN_DATASETS,datasets}"  # training sets of the paper experiments
+    benchmarks: str = "${oc.env:FRTRAIN_BENCHMARKS,benchmarks}"  # files of the named benchmarks
+
+
+@dataclass
+class LoaderConfig:
+    """The training DataLoader, per rank (``data.loader``)."""
+
+    batch_size: int = 128  # images per rank and micro-batch
+    num_workers: Union[int, str] = "auto"  # auto: this rank's share of the cores minus one
+    pin_memory: Union[bool, str] = "auto"  # auto: on CUDA
+    prefetch_factor: int = 4
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop (``configs/trainer/default.yaml`` documents each key)."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    epochs: float = 6.0
+    max_steps: Optional[int] = None
+    accumulate: int = 1
+    clip_grad_norm: Optional[float] = None
+    channels_last: bool = False
+    compile: Union[bool, str] = False
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_last: int = 3
+    init_from: Optional[str] = None
+    init_head: bool = True
+    resume: Optional[str] = None
+    threads: Union[int, str] = "auto"
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Verification scoring, during training and in ``frtrain-eval`` (``configs/eval``)."""
+
+    every_steps: int = 0
+    at_start: bool = False
+    select: Optional[str] = None
+    batch_size: Union[int, str] = "auto"
+    num_workers: int = 0
+    flip: str = "sum"
+    thresholds: str = "grid"
+    threads: Union[int, str] = "auto"
+    memory_budget_mb: int = 300
+    benchmarks: Dict[str, Any] = field(default_factory=dict)
+
+
+_SCHEMAS = {"paths": PathsConfig, "trainer": TrainerConfig, "eval": EvalConfig, "data/loader": LoaderConfig}
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore (as ``<group>/schema``); idempotent."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for group, node in _SCHEMAS.items():
+        cs.store(group=group, name="schema", node=node)
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """The config ``frtrain-<config_name>`` would run with ``overrides`` (for tests and scripts)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schemas()
+    overrides = normalise_overrides(list(overrides or []))
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name, overrides=overrides)
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides)
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group: the ``.yaml`` files of ``configs/<group>/``."""
+    folder = importlib.resources.files(CONFIG_MODULE)
+    for part in group.split("/"):
+        folder = folder / part
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def groups() -> list[str]:
+    folder = importlib.resources.files(CONFIG_MODULE)
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+# -- the command line ---------------------------------------------------------------------------------
+#: old spellings that still work, rewritten with a warning: (pattern, replacement)
+_RENAMED_OVERRIDES = [
+    (re.compile(r"^\+experiment="), "experiment="),
+    (re.compile(r"^(\+{0,2}|~)data\.(batch_size|num_workers|pin_memory|prefetch_factor)(=|$)"), r"\1data.loader.\2\3"),
+]
+#: flags after which Hydra does not run the task (nothing to check)
+_NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--experimental-rerun"}
+#: flags that take a value
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+
+
+def normalise_overrides(overrides: list[str]) -> list[str]:
+    """Rewrite deprecated spellings (``+experiment=``, ``data.batch_size=``) to the current ones."""
+    out = []
+    for o in overrides:
+        new = o
+        for pattern, repl in _RENAMED_OVERRIDES:
+            new = pattern.sub(repl, new)
+        if new != o and not o.startswith("+experiment="):
+            warnings.warn(f"{o.split('=')[0]} is now {new.split('=')[0]}; the old name still works for now",
+                          FutureWarning, stacklevel=2)
+        out.append(new)
+    return out
+
+
+def split_command_line(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """(flags, overrides, runs_task) of a Hydra command line."""
+    flags, overrides, runs, skip = [], [], True, False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            flags.append(a)
+            continue
+        if a.startswith("-") and "=" not in a.split("-", 2)[-1][:1]:
+            flags.append(a)
+            name = a.split("=")[0]
+            if name in _NO_RUN_FLAGS or name in ("--cfg", "-c", "--config-name", "-cn", "--config-path", "-cp",
+                                                 "--config-dir", "-cd"):
+                runs = False
+            if name in _VALUE_FLAGS and "=" not in a:
+                skip = True
+            continue
+        overrides.append(a)
+    return flags, overrides, runs
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """The command line Hydra gets: deprecated spellings rewritten, and ``output_dir=X`` also made the
+    run directory (so ``train.log`` and ``.hydra/`` go where the checkpoints go)."""
+    flags, overrides, _ = split_command_line(argv)
+    overrides = normalise_overrides(overrides)
+    multirun = any(f in ("-m", "--multirun") for f in flags)
+    out_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("output_dir=")), None)
+    if out_dir and out_dir != "null" and not multirun and not any(o.startswith("hydra.run.dir=") for o in overrides):
+        overrides.append(f"hydra.run.dir={out_dir}")
+    return flags + overrides
+
+
+def _close(name: str, candidates, n: int = 3) -> list[str]:
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+
+
+def _did_you_mean(name: str, candidates) -> str:
+    close = _close(name, candidates)
+    return f"did you mean {' or '.join(close)}? " if close else ""
+
+
+def _explain_composition_error(e: Exception, overrides: list[str], config_name: str) -> str:
+    """One line for a Hydra composition error, naming the key and the closest valid names."""
+    chain, cause = [], e
+    while cause is not None and len(chain) < 5:
+        chain.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = "\n".join(chain)
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    m = re.search(r"Could not find '([^']+)/([^']+)'", text) or re.search(
+        r"In '[^']*': Could not find '([^']+)/([^']+)'", text)
+    if m:
+        group, option = m.group(1).lstrip("/"), m.group(2)
+        options = group_options(group)
+        if not options and group not in groups():
+            return f"{group}: no such config group; {_did_you_mean(group, groups())}(groups: {', '.join(groups())})"
+        return (f"{group}={option}: no such option; {_did_you_mean(option, options)}"
+                f"(the options of {group}: {', '.join(options)})")
+    m = re.search(r"Key '([^']+)' (?:is not in struct|not in '\w+')", text)
+    full = re.search(r"full_key: (\S+)", text)
+    if m:
+        key = full.group(1) if full else m.group(1)
+        parent, _, leaf = key.rpartition(".")
+        known = _keys_at(parent, overrides, config_name)
+        hint = _did_you_mean(leaf, known)
+        if parent and hint:
+            hint = _did_you_mean(key, [f"{parent}.{k}" for k in known])
+        listed = f"({parent or 'the config'} has: {', '.join(sorted(known))})" if known else ""
+        return f"{key}: no such key; {hint}{listed}".rstrip()
+    m = re.search(r"Value '([^']*)' (?:of type '\w+' )?could not be converted to (\w+)", text)
+    if m:
+        key = full.group(1) if full else "?"
+        return f"{key}={m.group(1)!r}: expected {_type_word(m.group(2))}"
+    if full:
+        return f"{full.group(1)}: {first}"
+    return first
+
+
+def _type_word(name: str) -> str:
+    return {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(name, name)
+
+
+def _keys_at(parent: str, overrides: list[str], config_name: str) -> list[str]:
+    """The keys of node ``parent`` of the config composed without the overrides that touch it."""
+    try:
+        base = [o for o in overrides if not o.lstrip("+~").startswith(parent + ".")] if parent else []
+        cfg = compose(config_name, base)
+    except Exception:
+        try:
+            cfg = compose(config_name, [])
+        except Exception:
+            return []
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return [str(k) for k in node.keys() if not str(k).startswith("_")] if isinstance(node, DictConfig) else []
+
+
+def check_command_line(config_name: str, argv: list[str]) -> None:
+    """Compose the config the command line asks for (each value of a sweep once) and turn a composition
+    error into one :class:`ConfigError` line that names the key and the closest valid names."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    flags, overrides, runs = split_command_line(argv)
+    if not runs:
+        return
+    overrides = [o for o in normalise_overrides(overrides) if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+    fixed, sweeps = [], []
+    for o in parsed:
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # glob() needs Hydra's config loader: let Hydra expand it
+                continue
+            sweeps.append((o.get_key_element(), values))
+        else:
+            fixed.append(o.input_line)
+    candidates = [fixed + [f"{k}={vs[0]}" for k, vs in sweeps]]
+    for i, (key, values) in enumerate(sweeps):
+        others = [f"{k}={vs[0]}" for j, (k, vs) in enumerate(sweeps) if j != i]
+        candidates.extend(fixed + others + [f"{key}={v}"] for v in values[1:])
+    for overrides_one in candidates:
+        try:
+            compose(config_name, overrides_one)
+        except (HydraException, OmegaConfBaseException, ValueError) as e:
+            raise ConfigError(_explain_composition_error(e, overrides_one, config_name)) from None
+
+
+# -- fail fast ----------------------------------------------------------------------------------------
+def _require(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def validate_trainer(t: DictConfig) -> None:
+    _require(t.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", str(t.device)) is not None, "trainer.device",
+             t.device, "auto, cpu, cuda or cuda:N")
+    _require(t.precision in ("auto", "fp32", "bf16", "fp16"), "trainer.precision", t.precision,
+             "auto, fp32, bf16 or fp16")
+    if t.max_steps is None:
+        _require(t.epochs > 0, "trainer.epochs", t.epochs, "a positive number of epochs (or set trainer.max_steps)")
+    else:
+        _require(t.max_steps >= 1, "trainer.max_steps", t.max_steps, "a positive number of steps (or null)")
+    _require(t.accumulate >= 1, "trainer.accumulate", t.accumulate, "a positive integer")
+    _require(t.clip_grad_norm is None or t.clip_grad_norm > 0, "trainer.clip_grad_norm", t.clip_grad_norm,
+             "a positive norm or null")
+    _require(t.compile in (True, False, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+             "trainer.compile", t.compile,
+             "true, false or a torch.compile mode (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs)")
+    _require(t.log_every >= 1, "trainer.log_every", t.log_every, "a positive number of steps")
+    _require(t.checkpoint_every >= 0, "trainer.checkpoint_every", t.checkpoint_every, "0 (only at the end) or more")
+    _require(t.keep_last >= 0, "trainer.keep_last", t.keep_last, "0 (keep all) or more")
+    _require(t.threads == "auto" or (isinstance(t.threads, int) and t.threads >= 1), "trainer.threads", t.threads,
+             "auto or a positive integer")
+    for key in ("resume", "init_from"):  # a path that is not there is a config mistake: say it before any work
+        value = t.get(key)
+        if value not in (None, "", "auto", "latest", "null", "none", "true", "false") and \
+                not os.path.exists(os.path.expanduser(str(value))):
+            raise ConfigError(f"trainer.{key}={value}: no such file or directory")
+
+
+def validate_eval(e: DictConfig, where: str = "eval") -> None:
+    _require(e.every_steps >= 0, f"{where}.every_steps", e.every_steps, "0 (only at the end) or more")
+    _require(e.flip in ("sum", "concat", "none"), f"{where}.flip", e.flip, "sum, concat or none")
+    _require(e.thresholds in ("grid", "exact"), f"{where}.thresholds", e.thresholds, "grid or exact")
+    _require(e.batch_size == "auto" or (isinstance(e.batch_size, int) and e.batch_size >= 1), f"{where}.batch_size",
+             e.batch_size, "auto or a positive integer")
+    _require(e.num_workers >= 0, f"{where}.num_workers", e.num_workers, "0 or more")
+    _require(e.threads == "auto" or (isinstance(e.threads, int) and e.threads >= 1), f"{where}.threads", e.threads,
+             "auto or a positive integer")
+    _require(e.memory_budget_mb >= 16, f"{where}.memory_budget_mb", e.memory_budget_mb, "at least 16 (MiB)")
+
+
+def validate_loader(loader: DictConfig) -> None:
+    _require(loader.batch_size >= 1, "data.loader.batch_size", loader.batch_size, "a positive integer")
+    _require(loader.num_workers == "auto" or (isinstance(loader.num_workers, int) and loader.num_workers >= 0),
+             "data.loader.num_workers", loader.num_workers, "auto or 0 or more")
+    _require(loader.pin_memory in ("auto", True, False), "data.loader.pin_memory", loader.pin_memory,
+             "auto, true or false")
+    _require(loader.prefetch_factor >= 1, "data.loader.prefetch_factor", loader.prefetch_factor, "a positive integer")
+
+
+def benchmark_nodes(cfg: DictConfig) -> dict[str, tuple[str, Any]]:
+    """name -> (config key, node) of every benchmark: ``eval.benchmarks`` and ``benchmarks=[...]``."""
+    nodes = {name: (f"eval.benchmarks.{name}", node) for name, node in (cfg.eval.get("benchmarks") or {}).items()}
+    for name, node in (cfg.get("benchmarks") or {}).items():
+        if name in nodes:
+            raise ConfigError(f"benchmark {name!r} is both in eval.benchmarks and in benchmarks=[...]; keep one")
+        nodes[name] = (f"benchmarks.{name}", node)
+    return nodes
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Check every node of a training config, cheaply, before any data is read or generated.
+
+    Keys and types of every ``_target_`` node are checked against its target; the backbone and the head
+    are built on the ``meta`` device (no memory, no data needed: the head with a placeholder class
+    count), the optimiser on a dummy parameter and the schedule for a dummy length, so their own range
+    checks run too.
+    """
+    from frtrain.engine.build import check_node, dry_build
+
+    _require(isinstance(cfg.get("seed"), int), "seed", cfg.get("seed"), "an integer")
+    validate_trainer(cfg.trainer)
+    validate_eval(cfg.eval)
+    validate_loader(cfg.data.loader)
+    backbone = dry_build("backbone", cfg.backbone)
+    dry_build("head", cfg.head, embedding_size=int(backbone.embedding_size), num_classes=1_000_000)
+    check_node("data", cfg.data, exclude=("loader",), input_size=tuple(backbone.input_size))
+    check_benchmarks(cfg)
+    dry_build("optim", cfg.optim)
+    dry_build("sched", cfg.sched)
+
+
+def check_benchmarks(cfg: DictConfig) -> None:
+    from frtrain.engine.build import check_node
+
+    nodes = benchmark_nodes(cfg)
+    for name, (where, node) in nodes.items():
+        check_node(where, node, name=name)
+    select = cfg.eval.get("select")
+    if select is not None and select not in nodes:
+        raise ConfigError(f"eval.select={select!r} is not one of the benchmarks ({', '.join(nodes) or 'none'})")
+
+
+def validate_eval_command(cfg: DictConfig) -> None:
+    """Checks of a ``frtrain-eval`` config before any model or benchmark file is read."""
+    validate_eval(cfg.eval)
+    if cfg.get("backbone") is not None:
+        from frtrain.engine.build import dry_build
+
+        dry_build("backbone", cfg.backbone)
+    check_benchmarks(cfg)
+    if not benchmark_nodes(cfg):
+        raise ConfigError("no benchmarks to score: choose some with benchmarks=[lfw_bin,cfp_fp,...] or eval=lfw|bin")
+
+
+def to_object(node: DictConfig):
+    """A schema node as its dataclass instance (``trainer`` -> TrainerConfig, ...)."""
+    return OmegaConf.to_object(node)
+
+
+__all__ = ["PathsConfig", "LoaderConfig", "TrainerConfig", "EvalConfig", "register_schemas", "compose",
+           "check_command_line", "prepare_argv", "validate_train", "validate_eval_command", "benchmark_nodes",
+           "group_options", "to_object"]
