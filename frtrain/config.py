@@ -87,7 +87,19 @@ class EvalConfig:
     benchmarks: Dict[str, Any] = field(default_factory=dict)
 
 
-_SCHEMAS = {"paths": PathsConfig, "trainer": TrainerConfig, "eval": EvalConfig, "data/loader": LoaderConfig}
+@dataclass
+class InputConfig:
+    """How an ONNX model made elsewhere takes its input (``configs/input``); all None: the file's frtrain metadata."""
+
+    size: Any = None  # side or [H, W] in pixels
+    mean: Any = None  # on the 0..255 scale, one number or one per channel in the model's channel order
+    std: Any = None
+    channels: Optional[str] = None  # rgb | bgr
+    layout: Optional[str] = None  # nchw | nhwc
+
+
+_SCHEMAS = {"paths": PathsConfig, "trainer": TrainerConfig, "eval": EvalConfig, "data/loader": LoaderConfig,
+            "input": InputConfig}
 
 
 def register_schemas() -> None:
@@ -387,6 +399,10 @@ def check_benchmarks(cfg: DictConfig) -> None:
 def validate_eval_command(cfg: DictConfig) -> None:
     """Checks of a ``frtrain-eval`` config before any model or benchmark file is read."""
     validate_eval(cfg.eval)
+    convention = cfg.get("input")
+    if convention is not None:
+        _require(convention.channels in (None, "rgb", "bgr"), "input.channels", convention.channels, "rgb or bgr")
+        _require(convention.layout in (None, "nchw", "nhwc"), "input.layout", convention.layout, "nchw or nhwc")
     if cfg.get("backbone") is not None:
         from frtrain.engine.build import dry_build
 

@@ -1,7 +1,7 @@
 """Training-data throughput: images/s per DataLoader worker from insightface RecordIO and from identity folders.
 
     python scripts/bench_data.py                               # synthetic 112x112 JPEG faces
-    python scripts/bench_data.py --lfw ../shared/data/lfw      # real aligned LFW JPEGs (13,233 images)
+    python scripts/bench_data.py --lfw $LFW      # real aligned LFW JPEGs (13,233 images)
 
 The same images are read both ways: the folder tree (``data=folder``) and a ``train.rec``/``train.idx`` written
 from it by scripts/folder2rec.py (``data=rec``, the JPEG bytes unchanged). Each sample is what training gets:

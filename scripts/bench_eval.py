@@ -1,7 +1,7 @@
 """Evaluator throughput: pairs/s and images/s for a 6,000-pair benchmark, on CPU (and CUDA when present).
 
     python scripts/bench_eval.py                          # a synthetic 6,000-pair .bin (112x112)
-    python scripts/bench_eval.py --lfw ../shared/data/lfw # real LFW, pairs.txt layout (6,000 pairs)
+    python scripts/bench_eval.py --lfw $LFW # real LFW, pairs.txt layout (6,000 pairs)
 
 For each model: ``decode`` (every distinct image decoded and resized once, in DataLoader workers, no
 model) and ``score`` (the whole frtrain-eval path: decode in workers while the model embeds the images and
@@ -37,7 +37,8 @@ def build_backbone(name: str):
 
 
 def benchmark(args):
-    from frtrain.evaluation.benchmarks import bin_benchmark, lfw_benchmark
+    from frtrain.evaluation.benchmarks import bin_benchmark
+    from frtrain.evaluation.lfw import lfw_benchmark
     from frtrain.data.synthetic import synthetic_verification_bin
 
     if args.lfw:

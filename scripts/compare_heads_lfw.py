@@ -6,7 +6,7 @@ people), 10 chunks of the set as folds. Runs go to ``--runs-dir/<head>``; a head
 results.json is not trained again. The table goes to ``--out`` (docs/results.md) with the command and
 training times; accuracy against training step is plotted to ``<out stem>_lfw.png``.
 
-    python scripts/compare_heads_lfw.py --lfw ../shared/data/lfw
+    python scripts/compare_heads_lfw.py --lfw $LFW
     python scripts/compare_heads_lfw.py --lfw /data/lfw --heads arcface unpg -- trainer.epochs=20
 
 Hydra overrides after ``--`` go to every run.
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
 
-    from frtrain.evaluation.benchmarks import lfw_people
+    from frtrain.evaluation.lfw import lfw_people
 
     lfw = args.lfw.resolve()
     args.runs_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from frtrain.cli import report_errors  # noqa: E402
 from frtrain.data.images import center_crop, read_image, resize_to  # noqa: E402
-from frtrain.evaluation.benchmarks import PairBenchmark, lfw_benchmark  # noqa: E402
+from frtrain.evaluation.benchmarks import PairBenchmark  # noqa: E402
+from frtrain.evaluation.lfw import lfw_benchmark  # noqa: E402
 from frtrain.evaluation.metrics import kfold_ids  # noqa: E402
 from frtrain.evaluation.pairlist import csv_benchmark  # noqa: E402
 

@@ -14,6 +14,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from frtrain.cli import report_errors  # noqa: E402
+from frtrain.data.images import file_ending  # noqa: E402
 from frtrain.data.recordio import RecordFile  # noqa: E402
 
 
@@ -29,8 +30,7 @@ def main(argv=None) -> int:
         labels, image = records.record(key)
         folder = os.path.join(args.out, f"{int(labels[0]):06d}")
         os.makedirs(folder, exist_ok=True)
-        ext = ".png" if image[:8] == b"\x89PNG\r\n\x1a\n" else ".jpg"
-        with open(os.path.join(folder, f"{key}{ext}"), "wb") as f:
+        with open(os.path.join(folder, f"{key}{file_ending(image)}"), "wb") as f:
             f.write(image)
     print(f"wrote {len(records.image_keys)} images to {args.out}")
     return 0

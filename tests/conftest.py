@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests never need ../shared: real-data tests skip without their path variable."""
+"""Shared fixtures. Tests need no data outside the repository: real-data tests skip without their path variable."""
 
 from __future__ import annotations
 

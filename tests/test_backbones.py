@@ -10,7 +10,7 @@ from frtrain.errors import ConfigError
 
 from conftest import ASSETS
 
-# insightface's iresnet with num_features=512 (../shared/spec/iresnet-keys.md)
+# insightface's iresnet with num_features=512 (pinned in tests/assets)
 PARAMS = {18: 24_025_600, 34: 34_139_328, 50: 43_590_848, 100: 65_156_160, 200: 118_833_920}
 KEYS = {18: 187, 34: 331, 50: 475, 100: 925, 200: 1807}
 

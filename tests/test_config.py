@@ -41,14 +41,38 @@ def test_every_backbone_config_composes_and_small_ones_build(name):
 
 
 @pytest.mark.parametrize("optim", options("optim"))
+def test_every_optimizer_builds_with_its_configured_options(optim):
+    cfg = compose_train([f"optim={optim}", "optim.lr=0.025"])
+    opt = build("optim", cfg.optim)([{"params": [torch.nn.Parameter(torch.zeros(3))]}])
+    assert type(opt).__name__ == {"sgd": "SGD", "adamw": "AdamW"}[optim]
+    assert opt.defaults["lr"] == 0.025 and opt.defaults["weight_decay"] == cfg.optim.weight_decay
+    if optim == "sgd":
+        assert opt.defaults["momentum"] == 0.9
+
+
 @pytest.mark.parametrize("sched", options("sched"))
-def test_every_optimizer_and_schedule_builds(optim, sched):
-    cfg = compose_train([f"optim={optim}", f"sched={sched}"])
-    p = torch.nn.Parameter(torch.zeros(3))
-    opt = build("optim", cfg.optim)([{"params": [p]}])
+def test_every_schedule_follows_its_closed_form(sched):
+    """100 steps, 10 per epoch, one warm-up epoch: the factor at several steps against the formulas."""
+    import math
+
+    cfg = compose_train([f"sched={sched}", "sched.warmup_epochs=1"] + (["sched.milestones=[4,7]"] if sched == "step" else []))
     fn = build("sched", cfg.sched)(total_steps=100, steps_per_epoch=10)
+    warm = [(s + 1) / 11 for s in range(10)]  # linear warm-up over 10 steps
+    progress = lambda s: (s - 10) / 90  # noqa: E731
+    closed = {"poly": lambda s: (1 - progress(s)) ** cfg.sched.get("power", 2.0),
+              "cosine": lambda s: cfg.sched.get("min_ratio", 0.0) + (1 - cfg.sched.get("min_ratio", 0.0)) * 0.5 *
+              (1 + math.cos(math.pi * progress(s))),
+              "step": lambda s: 0.1 ** ((s >= 40) + (s >= 70))}[sched]
+    for s in (0, 5, 9):
+        assert fn(s) == pytest.approx(warm[s])
+    for s in (10, 25, 39, 40, 55, 70, 99):
+        assert fn(s) == pytest.approx(closed(s)), s
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
     lr = torch.optim.lr_scheduler.LambdaLR(opt, fn)
-    assert 0.0 <= fn(50) <= 1.0 and lr.get_last_lr()[0] > 0
+    for _ in range(55):
+        opt.step()
+        lr.step()
+    assert lr.get_last_lr()[0] == pytest.approx(0.5 * closed(55))
 
 
 def test_data_head_specialisations_name_existing_data_and_head_options():

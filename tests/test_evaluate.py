@@ -63,3 +63,20 @@ def test_no_benchmarks_is_a_config_error(trained, tmp_path):
 
     with pytest.raises(ConfigError, match=r"no benchmarks to score"):
         evaluate(_compose_eval([f"model={trained}", f"output_dir={tmp_path}", "eval=none", "benchmarks=[]"]))
+
+
+@pytest.mark.parametrize("flip", ["none", "sum", "concat"])
+def test_embeddings_with_each_flip_rule_equal_the_model_applied_by_hand(flip):
+    from frtrain.evaluation.embed import embed_batches
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 5, 4))
+    images = torch.randint(0, 256, (7, 3, 6, 5), dtype=torch.uint8)
+    emb, xnorm = embed_batches(model, [images[:4], images[4:]], (0.5,) * 3, (0.5,) * 3, torch.device("cpu"), flip,
+                               forward_batch=3)
+    x = (images.double() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        plain, mirrored = model.double()(x), model(torch.flip(x, dims=[3]))
+    expected = {"none": plain, "sum": plain + mirrored, "concat": torch.cat([plain, mirrored], 1)}[flip]
+    assert emb.shape == tuple(expected.shape)
+    assert torch.allclose(torch.from_numpy(emb).double(), expected, atol=1e-5)

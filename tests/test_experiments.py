@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from frtrain.data.synthetic import generate_identity_folder, generate_verification_bin
 from frtrain.engine.build import build
@@ -20,19 +21,56 @@ import reproduce  # noqa: E402
 EXPERIMENTS = reproduce.available()
 
 
-def test_the_papers_settings_are_all_there():
-    assert {"npt_casia_r50", "arcface_casia_r50", "unpg_ms1mv2_r100_arcface", "unpg_ms1mv2_r100_cosface",
-            "arcface_ms1mv2_r100", "cosface_ms1mv2_r100"} <= set(EXPERIMENTS)
+#: what each paper fixes: backbone depth, head and its hyper-parameters, global batch, schedule, epochs, benchmarks
+PAPERS = {
+    "npt_casia_r50": dict(depth=50, head="NPTLoss", hyper={"k": 1, "delta": 0.5, "radius": 1.0}, batch=64,
+                          sched="WarmupStep", sched_args={"milestones": [30, 45], "gamma": 0.1}, epochs=65, lr=0.1,
+                          benchmarks={"lfw", "agedb_30", "cfp_fp", "calfw"}, data="casia-webface"),
+    "arcface_casia_r50": dict(depth=50, head="ArcFace", hyper={"scale": 64.0, "m2": 0.5}, batch=64,
+                              sched="WarmupStep", sched_args={"milestones": [30, 45], "gamma": 0.1}, epochs=65, lr=0.1,
+                              benchmarks={"lfw", "agedb_30", "cfp_fp", "calfw"}, data="casia-webface"),
+    "arcface_ms1mv2_r100": dict(depth=100, head="ArcFace", hyper={"scale": 64.0, "m2": 0.5}, batch=512,
+                                sched="WarmupCosine", sched_args={}, epochs=20, lr=0.1,
+                                benchmarks={"lfw", "cfp_fp", "agedb_30"}, data="faces_emore"),
+    "cosface_ms1mv2_r100": dict(depth=100, head="CosFace", hyper={"scale": 64.0, "m3": 0.5}, batch=512,
+                                sched="WarmupCosine", sched_args={}, epochs=20, lr=0.1,
+                                benchmarks={"lfw", "cfp_fp", "agedb_30"}, data="faces_emore"),
+    "unpg_ms1mv2_r100_arcface": dict(depth=100, head="UNPG", hyper={"scale": 64.0, "r": 1.5}, base=("ArcMargin", 0.5),
+                                     batch=512, sched="WarmupCosine", sched_args={}, epochs=20, lr=0.1,
+                                     benchmarks={"lfw", "cfp_fp", "agedb_30"}, data="faces_emore"),
+    "unpg_ms1mv2_r100_cosface": dict(depth=100, head="UNPG", hyper={"scale": 64.0, "r": 1.5}, base=("CosMargin", 0.5),
+                                     batch=512, sched="WarmupCosine", sched_args={}, epochs=20, lr=0.1,
+                                     benchmarks={"lfw", "cfp_fp", "agedb_30"}, data="faces_emore"),
+}
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_and_its_head_and_schedule_build(name):
-    cfg = compose_train([f"+experiment={name}", "paths.datasets=/data"])
-    assert cfg.data.root.startswith("/data/") and cfg.paper.reported
-    assert all(b.path.startswith("/data/") for b in cfg.eval.benchmarks.values())
-    head = build("head", cfg.head, embedding_size=int(cfg.backbone.embedding_size), num_classes=100)
-    assert type(head).__name__ in cfg.head._target_
-    assert callable(build("sched", cfg.sched))
+def test_every_experiment_file_is_pinned_here():
+    assert set(PAPERS) <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", sorted(PAPERS))
+def test_experiment_composes_to_the_papers_setting(name):
+    want = PAPERS[name]
+    cfg = compose_train([f"experiment={name}", "paths.datasets=/data"])
+    assert cfg.backbone.depth == want["depth"] and cfg.data.root == f"/data/{want['data']}"
+    head = build("head", cfg.head, embedding_size=int(cfg.backbone.embedding_size), num_classes=1000)
+    assert type(head).__name__ == want["head"]
+    for key, value in want["hyper"].items():
+        assert getattr(head, key) == value, f"head.{key}"
+    if "base" in want:
+        kind, margin = want["base"]
+        assert type(head.base).__name__ == kind and margin in vars(head.base).values()
+    assert cfg.data.loader.batch_size == want["batch"] and cfg.trainer.epochs == want["epochs"]
+    optimizer = build("optim", cfg.optim)([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
+    assert optimizer.defaults["lr"] == want["lr"] and optimizer.defaults["momentum"] == 0.9
+    schedule = build("sched", cfg.sched)(total_steps=1000, steps_per_epoch=10)
+    assert type(schedule).__name__ == want["sched"]
+    if want["sched_args"]:
+        assert schedule.milestone_steps == [m * 10 for m in want["sched_args"]["milestones"]]
+        assert schedule.gamma == want["sched_args"]["gamma"]
+    assert set(cfg.eval.benchmarks) == want["benchmarks"]
+    assert all(b.path == f"/data/{want['data']}/{n}.bin" for n, b in cfg.eval.benchmarks.items())
+    assert set(cfg.paper.reported) and cfg.paper.table
 
 
 def test_reproduce_runs_an_experiment_and_writes_reported_next_to_reproduced(tmp_path, cache_dir):

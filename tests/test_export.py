@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -88,3 +89,57 @@ def test_an_onnx_file_without_frtrain_metadata_is_refused(tmp_path):
     onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
     with pytest.raises(CheckpointError, match=r"other.onnx: has no 'frtrain_meta' metadata"):
         OnnxEmbedder(str(tmp_path / "other.onnx"))
+
+
+# -- ONNX models made elsewhere: the user states the input convention -----------------------------------
+
+def _bgr_255_model(path, size=8, dim=4, seed=0):
+    """An ONNX model built by hand (no frtrain metadata) that expects BGR 0..255 NCHW: embedding = flatten(x) @ W."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((3 * size * size, dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["images"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["emb"])],
+        "bgr255", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, size, size])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["B", dim])], [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return w
+
+
+def test_a_third_party_onnx_model_scores_with_the_stated_input_convention(tmp_path):
+    from frtrain.engine.checkpoint import load_model
+    from frtrain.errors import CheckpointError
+    from frtrain.evaluation.embed import embed_batches
+
+    path = tmp_path / "theirs.onnx"
+    w = _bgr_255_model(path)
+    image = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)  # RGB, as the evaluator reads
+    by_hand = image[:, :, ::-1].transpose(2, 0, 1).reshape(1, -1).astype(np.float32) @ w  # BGR, 0..255, NCHW
+    batch = [torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]]
+
+    def embedding(convention):
+        model, _ = load_model(str(path), onnx_input=convention)
+        emb, _ = embed_batches(model, batch, model.mean, model.std, torch.device("cpu"), flip="none")
+        return emb
+
+    right = {"size": 8, "mean": 0.0, "std": 1.0, "channels": "bgr"}
+    np.testing.assert_allclose(embedding(right), by_hand, rtol=1e-4, atol=1e-2)
+    wrong = dict(right, channels="rgb")
+    assert not np.allclose(embedding(wrong), by_hand, rtol=1e-2, atol=1.0)
+    shifted = dict(right, mean=127.5, std=127.5)  # insightface's normalisation on a model that wants raw pixels
+    assert not np.allclose(embedding(shifted), by_hand, rtol=1e-2, atol=1.0)
+    with pytest.raises(CheckpointError, match=r"theirs.onnx: has no 'frtrain_meta' metadata .*input=insightface"):
+        load_model(str(path))
+
+
+def test_the_presets_name_the_conventions_of_the_common_zoos():
+    from frtrain.config import compose
+
+    insightface = compose("evaluate", ["model=x.onnx", "input=insightface"]).input
+    sface = compose("evaluate", ["model=x.onnx", "input=sface"]).input
+    assert (insightface.size, insightface.mean, insightface.std, insightface.channels) == (112, 127.5, 127.5, "rgb")
+    assert (sface.size, sface.mean, sface.std, sface.channels) == (112, 0.0, 1.0, "rgb")
+    assert compose("evaluate", ["model=x.onnx", "input.channels=bgr", "input.size=112"]).input.channels == "bgr"

@@ -60,7 +60,8 @@ def _check(head, ref_fn, x, y, atol=1e-10, float32=True):
             single.iteration.fill_(int(head.iteration))
         loss32 = single(x.float(), y).detach()
         assert loss32.dtype == torch.float32
-        assert abs(float(loss32) - float(ref)) <= 1e-5 * abs(float(ref)), (float(loss32), float(ref))
+        expected = float(ref.detach())
+        assert abs(float(loss32) - expected) <= 1e-5 * abs(expected), (float(loss32), expected)
     return float(loss.detach())
 
 
@@ -301,3 +302,20 @@ def test_partial_fc_sampling_keeps_every_positive_class():
     assert torch.equal(index[local_target], labels)  # targets point at their class among the sampled rows
     head.eval()
     assert head.select_classes(labels)[0] is None  # evaluation uses every class
+
+
+def test_the_python_defaults_of_every_head_equal_its_config():
+    """A head built in Python and the same head from configs/head/<name>.yaml have the same hyper-parameters."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    from frtrain.config import compose, group_options
+
+    for name in group_options("head"):
+        node = compose("train", [f"head={name}", "data=folder"]).head
+        params = inspect.signature(get_object(node._target_)).parameters
+        for key, value in node.items():
+            if key.startswith("_") or isinstance(value, type(node)) or key not in params:
+                continue
+            assert params[key].default == value, f"{name}.{key}: Python {params[key].default!r}, config {value!r}"

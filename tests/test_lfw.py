@@ -10,7 +10,7 @@ import pytest
 
 from frtrain.data.synthetic import draw_image
 from frtrain.errors import ConfigError, DataError
-from frtrain.evaluation.benchmarks import lfw_benchmark, lfw_people, read_lfw_pairs
+from frtrain.evaluation.lfw import lfw_benchmark, lfw_people, read_lfw_pairs
 
 PER_KIND = 3
 
@@ -62,6 +62,37 @@ def test_missing_images_fail_naming_the_file_or_are_skipped_and_counted(lfw):
         lfw_benchmark(str(lfw))
     bench = lfw_benchmark(str(lfw), skip_missing=True)
     assert bench.skipped_pairs == 2 and bench.num_pairs == 58 and "2 pairs skipped" in bench.notes[0]
+
+
+@pytest.mark.parametrize("folder", ["lfw", "lfw-deepfunneled", "lfw_funneled", "."])
+def test_lfw_as_downloaded_is_found_without_extra_keys(lfw, folder):
+    """pairs.txt beside the unpacked archive's folder (lfw/<name>/<name>_NNNN.jpg), or the images in the root."""
+    target = lfw if folder == "." else lfw / folder
+    for person in list((lfw / "images").iterdir()):
+        target.mkdir(exist_ok=True)
+        person.rename(target / person.name)
+    (lfw / "images").rmdir()
+    bench = lfw_benchmark(str(lfw))
+    assert bench.num_pairs == 60 and bench.load(0).shape == (32, 32, 3)
+    assert os.path.dirname(os.path.dirname(bench.load.paths[0])) == os.path.normpath(str(target))
+
+
+def test_a_wrong_root_or_an_empty_image_folder_is_one_line_not_a_traceback(lfw, tmp_path):
+    with pytest.raises(DataError, match=r"no folder Person_0_0/ \(the first person of its pairs.txt\) in the root or "
+                                        r"in images, lfw, lfw-deepfunneled"):
+        lfw_benchmark(str(tmp_path / "elsewhere"), pairs=str(lfw / "pairs.txt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"pairs.txt: none of its 60 pairs has both images \(e.g. .*empty/Person_0_0/"
+                                        r"Person_0_0_0001.jpg is missing\); is the image directory right\?"):
+        lfw_benchmark(str(lfw), images=str(tmp_path / "empty"), skip_missing=True)
+
+
+def test_the_image_folder_key_is_in_the_named_benchmark_config(lfw, tmp_path):
+    from conftest import compose_eval
+
+    cfg = compose_eval([f"model={tmp_path}/m.pt", "benchmarks=[lfw]", f"benchmarks.lfw.root={lfw}",
+                        f"benchmarks.lfw.images={lfw / 'images'}"])  # no '+' needed
+    assert cfg.benchmarks.lfw.images == str(lfw / "images")
 
 
 @pytest.mark.parametrize("text, match", [

@@ -138,3 +138,30 @@ def test_the_conversion_scripts_fail_in_one_line_naming_the_file(tmp_path, capsy
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1:] == [f"rec2folder.py: error: {bad}: bad magic 0x00000000 at byte offset 0 (expected 0xced7230a); "
                    "is this a RecordIO .rec, and does the .idx belong to it?"]
+
+
+def test_rec2folder_names_each_payload_by_its_format(tmp_path):
+    import io
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from frtrain.data.recordio import pack, write_record
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import rec2folder
+
+    payloads = {}
+    for fmt, ext in (("PPM", ".ppm"), ("PNG", ".png"), ("JPEG", ".jpg"), ("BMP", ".bmp")):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((6, 6), 80, np.uint8), "L").save(buf, format=fmt if fmt != "PPM" else "PPM")
+        payloads[ext if fmt != "PPM" else ".pgm"] = buf.getvalue()  # a greyscale PPM file is written as P5 (PGM)
+    rec, idx = tmp_path / "train.rec", tmp_path / "train.idx"
+    with open(rec, "wb") as f, open(idx, "w") as g:
+        for key, data in enumerate(payloads.values()):
+            g.write(f"{key}\t{write_record(f, pack(0, data))}\n")
+    assert rec2folder.main([str(rec), str(tmp_path / "out")]) == 0
+    written = sorted(p.name for p in (tmp_path / "out" / "000000").iterdir())
+    assert written == sorted(f"{k}{ext}" for k, ext in enumerate(payloads))

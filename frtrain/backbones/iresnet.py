@@ -2,7 +2,7 @@
 
 Module names, their order and every shape equal insightface's ``recognition/arcface_torch``
 IResNet, so its released ``backbone.pth`` files load with ``load_state_dict(sd, strict=True)``
-(``../shared/spec/iresnet-keys.md`` lists the keys). Do not rename modules: that breaks every
+(``tests/assets/iresnet18_keys.txt`` and ``iresnet50_keys.txt`` pin the keys). Do not rename modules: that breaks every
 checkpoint users have.
 
 Structure: stem ``conv1`` (3x3, stride 1) -> ``bn1`` -> ``prelu``; four stages ``layer1..layer4``

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import cv2
 import numpy as np
@@ -47,8 +48,12 @@ def decode_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS)
             arr = np.asarray(img, dtype=np.uint8)
     except CorruptImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            MemoryError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own refusal, above 2 x its MAX_IMAGE_PIXELS, at open()
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        declared = f"{int(m.group(1)):,} pixels" if m else "more pixels than Pillow allows"
+        raise CorruptImageError(f"{source}: its header declares {declared}, more than data.max_image_pixels="
+                                f"{max_pixels:,} (a decompression bomb or a corrupt file)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as e:
         raise CorruptImageError(f"{source}: cannot decode image ({str(e) or type(e).__name__})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise CorruptImageError(f"{source}: decoded to an unexpected shape {arr.shape}")
@@ -85,6 +90,20 @@ def center_crop(img: np.ndarray, crop: tuple[float, float, float, float] | None)
     if y1 <= y0 or x1 <= x0:
         raise DataError(f"crop {tuple(crop)} leaves nothing of a {w}x{h} image")
     return img[y0:y1, x0:x1]
+
+
+#: file endings of the encoded formats a .rec or .bin may carry, by their first bytes
+_SIGNATURES = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"BM", ".bmp"), (b"GIF8", ".gif"),
+               (b"II*\x00", ".tif"), (b"MM\x00*", ".tif"), (b"P5", ".pgm"), (b"P6", ".ppm"), (b"P4", ".pbm"),
+               (b"P2", ".pgm"), (b"P3", ".ppm"), (b"P1", ".pbm"))
+
+
+def file_ending(data: bytes) -> str:
+    """The file ending of encoded image bytes by their signature (``.jpg``, ``.png``, ``.pgm``, ...; WebP by its
+    RIFF header); ``.jpg`` when unknown."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((ext for sig, ext in _SIGNATURES if data.startswith(sig)), ".jpg")
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 95) -> bytes:

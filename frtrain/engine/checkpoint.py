@@ -198,9 +198,12 @@ def load_model(path: str, backbone_cfg=None, onnx_input=None):
     :class:`frtrain.evaluation.onnx_model.OnnxEmbedder`).
     """
     if str(path).endswith(".onnx"):
+        from omegaconf import OmegaConf
+
         from frtrain.evaluation.onnx_model import OnnxEmbedder
 
-        model = OnnxEmbedder(path, onnx_input)
+        convention = OmegaConf.to_container(onnx_input, resolve=True) if OmegaConf.is_config(onnx_input) else onnx_input
+        model = OnnxEmbedder(path, convention)
         return model, {"backbone": model.meta.get("backbone") or {}, "format": "onnx"}
     obj = load_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:

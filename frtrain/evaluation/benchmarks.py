@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from frtrain.data.images import center_crop, decode_image, read_image
-from frtrain.errors import ConfigError, DataError
+from frtrain.errors import DataError
 from frtrain.evaluation.binfile import read_bin
 from frtrain.evaluation.metrics import kfold_ids
 
@@ -93,8 +93,9 @@ def synthetic_benchmark(cache_dir: str, name: str = "synthetic", **spec) -> Pair
     return bin_benchmark(str(synthetic_verification_bin(cache_dir, **spec)), name=name)
 
 
-class _FileImages:
-    """Picklable loader of image files, optionally cropped (fractions cut off each border)."""
+class FileImages:
+    """Picklable loader of image files (sent to DataLoader workers), optionally cropped (fractions cut off each
+    border): ``FileImages(paths, crop)(i)`` -> (H, W, 3) uint8 RGB."""
 
     def __init__(self, paths: list[str], crop=None):
         self.paths, self.crop = paths, crop
@@ -103,106 +104,16 @@ class _FileImages:
         return center_crop(read_image(self.paths[i]), self.crop)
 
 
-def read_lfw_pairs(path: str) -> tuple[list[tuple[str, int, str, int, bool, int]], int, int]:
-    """Parse LFW's ``pairs.txt``: ``[(name1, n1, name2, n2, same, set)]`` (set 1-based), sets, pairs per kind.
-
-    Raises :class:`DataError` naming the file and line for a wrong header, a malformed line, or a
-    matched/mismatched line where the protocol has the other kind.
-    """
-    path = os.path.abspath(os.path.expanduser(str(path)))
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file (LFW's pairs.txt)")
-    with open(path, encoding="utf-8") as f:
-        lines = [line.rstrip("\n\r") for line in f]
-    header = lines[0].split() if lines else []
-    if len(header) != 2 or not all(h.isdigit() for h in header):
-        raise DataError(f"{path}:1: expected the header '<sets><TAB><pairs per kind>' (e.g. '10\t300'), "
-                        f"got {lines[0] if lines else ''!r}")
-    num_sets, per_kind = int(header[0]), int(header[1])
-    body = [line for line in lines[1:] if line.strip()]
-    if len(body) != 2 * num_sets * per_kind:
-        raise DataError(f"{path}: the header promises {num_sets} sets of {per_kind} matched + {per_kind} "
-                        f"mismatched pairs ({2 * num_sets * per_kind} lines), the file has {len(body)}")
-    pairs = []
-    for i, line in enumerate(body):
-        lineno, set_id, same = i + 2, i // (2 * per_kind) + 1, (i % (2 * per_kind)) < per_kind
-        f = line.split("\t") if "\t" in line else line.split()
-        try:
-            if same and len(f) == 3:
-                pairs.append((f[0], int(f[1]), f[0], int(f[2]), True, set_id))
-                continue
-            if not same and len(f) == 4:
-                pairs.append((f[0], int(f[1]), f[2], int(f[3]), False, set_id))
-                continue
-        except ValueError:
-            pass
-        want = "'name<TAB>n1<TAB>n2' (a matched pair)" if same else "'name1<TAB>n1<TAB>name2<TAB>n2' (a mismatched pair)"
-        raise DataError(f"{path}:{lineno}: expected {want} of set {set_id}, got {line!r}")
-    return pairs, num_sets, per_kind
-
-
-def lfw_people(pairs_path: str, sets: list[int]) -> list[str]:
-    """Sorted names of the people in the given pairs sets (1-based) of an LFW ``pairs.txt``."""
-    pairs, _, _ = read_lfw_pairs(pairs_path)
-    return sorted({name for p in pairs if p[5] in set(sets) for name in (p[0], p[2])})
-
-
-def lfw_benchmark(root: str, pairs: str | None = None, images: str | None = None, sets: list[int] | None = None,
-                  name: str = "lfw", crop=None, skip_missing: bool = False) -> PairBenchmark:
-    """LFW in its original layout: ``pairs.txt`` and ``<images>/<name>/<name>_<n:04d>.jpg``.
-
-    Args:
-        root: the LFW directory; ``pairs`` defaults to ``root/pairs.txt`` and ``images`` to ``root/images``
-            when that exists, else ``root``.
-        sets: the pairs sets to score (1-based; all by default). With all sets, the folds are the sets
-            (the official protocol); with fewer, each set's matched and mismatched pairs are cut into
-            10 consecutive chunks and chunk k of every set forms fold k.
-        crop: fractions (left, top, right, bottom) cut off each image, for unaligned originals.
-        skip_missing: drop (and count) pairs whose image file is missing instead of failing.
-    """
-    root = os.path.abspath(os.path.expanduser(str(root)))
-    pairs_path = pairs or os.path.join(root, "pairs.txt")
-    image_dir = images or (os.path.join(root, "images") if os.path.isdir(os.path.join(root, "images")) else root)
-    rows, num_sets, per_kind = read_lfw_pairs(pairs_path)
-    chosen = sorted(set(sets)) if sets else list(range(1, num_sets + 1))
-    bad = [s for s in chosen if not 1 <= s <= num_sets]
-    if bad:
-        raise ConfigError(f"lfw sets {bad}: {pairs_path} has sets 1..{num_sets}")
-    index: dict[str, int] = {}
-    pair_rows, issame, folds, skipped, notes = [], [], [], 0, []
-    for k, (n1, i1, n2, i2, same, set_id) in enumerate(rows):
-        if set_id not in chosen:
-            continue
-        files = [os.path.join(image_dir, n, f"{n}_{i:04d}.jpg") for n, i in ((n1, i1), (n2, i2))]
-        missing = [f for f in files if f not in index and not os.path.isfile(f)]
-        if missing:
-            if not skip_missing:
-                raise DataError(f"{missing[0]}: no such image (pair {k + 1} of {pairs_path}); "
-                                "skip_missing=true drops such pairs")
-            skipped += 1
-            continue
-        pair_rows.append([index.setdefault(f, len(index)) for f in files])
-        issame.append(same)
-        position = k % (2 * per_kind) % per_kind  # rank of the pair among its set's pairs of its kind
-        folds.append(set_id - 1 if len(chosen) == num_sets else position * 10 // per_kind)
-    if skipped:
-        notes.append(f"{skipped} pairs skipped: an image file is missing")
-    if len(chosen) != num_sets:
-        notes.append(f"sets {chosen} only: folds are 10 chunks of each set, not the official sets")
-    return PairBenchmark(name=name, num_images=len(index), load=_FileImages(list(index), crop),
-                         pairs=np.asarray(pair_rows, dtype=np.int64).reshape(-1, 2),
-                         issame=np.asarray(issame, dtype=bool), folds=np.asarray(folds, dtype=np.int64),
-                         source=pairs_path, skipped_pairs=skipped, notes=notes)
-
-
 def file_pair_benchmark(name: str, source: str, file_pairs: list[tuple[str, str]], issame: list[bool],
                         folds: list[int], where: list[str], crop=None, skip_missing: bool = False,
                         notes: list[str] | None = None) -> PairBenchmark:
-    """A benchmark from pairs of image paths; each distinct file is decoded once.
+    """A benchmark from pairs of image paths; each distinct file is decoded once. The readers of LFW, CFP and
+    CSV pair lists are built on it.
 
     Args:
         where: for each pair, where it came from (``file:line``), for the missing-image error.
-        skip_missing: drop (and count) pairs with a missing image instead of failing.
+        skip_missing: drop (and count) pairs with a missing image instead of failing; a benchmark left with
+            no pair at all is an error all the same (a wrong root, not a few missing files).
     """
     index: dict[str, int] = {}
     rows, same, fold, skipped, notes = [], [], [], 0, list(notes or [])
@@ -218,6 +129,13 @@ def file_pair_benchmark(name: str, source: str, file_pairs: list[tuple[str, str]
         fold.append(int(k))
     if skipped:
         notes.append(f"{skipped} pairs skipped: an image file is missing")
-    return PairBenchmark(name=name, num_images=len(index), load=_FileImages(list(index), crop),
-                         pairs=np.asarray(rows, dtype=np.int64).reshape(-1, 2), issame=np.asarray(same, dtype=bool),
+    if not rows:
+        raise DataError(f"{source}: none of its {len(file_pairs)} pairs has both images (e.g. {file_pairs[0][0]} is "
+                        "missing); is the image directory right?" if file_pairs else f"{source}: lists no pairs")
+    same = np.asarray(same, dtype=bool)
+    if same.all() or not same.any():
+        raise DataError(f"{source}: its usable pairs are all {'same' if same.all() else 'different'}-person pairs; "
+                        "scoring needs both kinds")
+    return PairBenchmark(name=name, num_images=len(index), load=FileImages(list(index), crop),
+                         pairs=np.asarray(rows, dtype=np.int64).reshape(-1, 2), issame=same,
                          folds=np.asarray(fold, dtype=np.int64), source=source, skipped_pairs=skipped, notes=notes)

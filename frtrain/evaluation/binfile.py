@@ -13,6 +13,8 @@ import codecs
 import io
 import os
 import pickle
+import pickletools
+import re
 from typing import Sequence
 
 from frtrain.errors import DataError
@@ -44,6 +46,20 @@ def _encode_to_bytes(obj, encoding="latin1", errors="strict"):
     return out
 
 
+def _oversized_length(raw: bytes) -> str:
+    """Which length field of a pickle declares more bytes than the file holds (walking its opcodes, no objects built)."""
+    try:
+        for op, arg, pos in pickletools.genops(io.BytesIO(raw)):
+            pass
+    except ValueError as e:  # "expected N bytes in a bytes8, but only M remain"
+        m = re.search(r"expected (\d+) bytes in an? (\w+), but only (\d+) remain", str(e))
+        if m:
+            return (f"a {m.group(2)} declares {int(m.group(1)):,} bytes, the file has only {int(m.group(3)):,} left "
+                    f"of its {len(raw):,}: it is truncated or corrupt")
+        return f"malformed pickle: {e}"
+    return f"a length field declares more memory than this machine has ({len(raw):,}-byte file)"
+
+
 def read_bin(path: str | os.PathLike) -> tuple[list[bytes], list[bool]]:
     """Read an insightface ``.bin``: ``(images, issame)`` with ``len(images) == 2 * len(issame)``.
 
@@ -60,6 +76,8 @@ def read_bin(path: str | os.PathLike) -> tuple[list[bytes], list[bool]]:
         obj = _RestrictedUnpickler(io.BytesIO(raw), path).load()
     except DataError:
         raise
+    except MemoryError:  # a length field larger than memory: say which one, from the opcodes
+        raise DataError(f"{path}: not an insightface .bin ({_oversized_length(raw)})") from None
     except Exception as e:  # malformed pickle of any kind
         raise DataError(f"{path}: not an insightface .bin ({type(e).__name__}: {e})") from None
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:

@@ -70,6 +70,8 @@ def embed_batches(model: EmbedFn, batches, mean: Sequence[float], std: Sequence[
             e = parts[0] + parts[1]
         elif flip == "concat":
             e = torch.cat(parts, dim=1)
+        else:
+            e = parts[0]
         out.append(e.cpu())
     emb = torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
     return emb, norm_sum / max(norm_count, 1)

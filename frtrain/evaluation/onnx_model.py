@@ -1,27 +1,53 @@
-"""Running an ONNX export of a backbone with onnxruntime, as an embedding function for the evaluator."""
+"""Running an ONNX face model with onnxruntime, as an embedding function for the evaluator.
+
+A model exported by frtrain carries its input convention (size, mean, std) in the metadata entry
+``frtrain_meta``. A model made elsewhere is scored once the user states the convention (``input=insightface``,
+``input=sface``, or ``input.size``, ``input.mean``, ``input.std``, ``input.channels``, ``input.layout``): the
+evaluator normalises RGB images as ``(x/255 - mean)/std`` with the convention's mean and std turned to the
+0..1 scale and reordered to RGB, and this wrapper reorders channels (BGR) and axes (NHWC) as the model wants.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from frtrain.errors import CheckpointError
+from frtrain.errors import CheckpointError, ConfigError
 
 #: metadata key of the exported model that holds the frtrain record (input size, normalisation, backbone)
 META_KEY = "frtrain_meta"
 
+_ADVICE = ("say how it takes its input: input=insightface (RGB, (x - 127.5) / 127.5), input=sface (RGB, 0..255), or "
+           "input.size=112 input.mean=127.5 input.std=127.5 input.channels=rgb|bgr [input.layout=nchw|nhwc]")
+
+
+def _per_channel(value, name: str, default: float) -> tuple[float, float, float]:
+    if value is None:
+        value = default
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3
+    if isinstance(value, Sequence) and len(value) == 3:
+        return tuple(float(v) for v in value)
+    raise ConfigError(f"input.{name}={value!r}: expected one number or three (one per channel)")
+
 
 class OnnxEmbedder:
-    """An ``.onnx`` backbone export: normalised float images (B, 3, H, W) -> embeddings (B, d) float32.
+    """An ``.onnx`` face model: normalised RGB float images (B, 3, H, W) -> embeddings (B, d) float32.
 
-    Has the attributes the evaluator reads from a backbone (``input_size``, ``mean``, ``std``,
-    ``embedding_size``), taken from the export's metadata.
+    Has the attributes the evaluator reads from a backbone (``input_size``, ``mean``, ``std`` on the 0..1
+    scale in RGB order, ``embedding_size``), from ``convention`` when given, else from frtrain's metadata.
+
+    Args:
+        path: the ``.onnx`` file.
+        convention: a mapping with ``size``, ``mean``, ``std`` (0..255 scale, the model's channel order),
+            ``channels`` (``rgb``/``bgr``), ``layout`` (``nchw``/``nhwc``); None or all-None: the metadata.
     """
 
-    def __init__(self, path: str, providers: list[str] | None = None):
+    def __init__(self, path: str, convention: Mapping | None = None, providers: list[str] | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -32,20 +58,53 @@ class OnnxEmbedder:
             self.session = ort.InferenceSession(path, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:
             raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if META_KEY not in meta:
-            raise CheckpointError(f"{path}: has no '{META_KEY}' metadata (input size, normalisation); "
-                                  "export it with frtrain-export")
-        self.meta = json.loads(meta[META_KEY])
         self.path = path
-        self.input_size = tuple(self.meta["input_size"])
-        self.mean, self.std = tuple(self.meta["mean"]), tuple(self.meta["std"])
-        self.embedding_size = int(self.meta["embedding_size"])
         self.input_name = self.session.get_inputs()[0].name
+        given = {k: v for k, v in dict(convention or {}).items() if v is not None}
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.channels, self.layout = given.get("channels", "rgb"), given.get("layout", "nchw")
+        if given:
+            self._from_convention(given)
+        elif META_KEY in meta:
+            self.meta = json.loads(meta[META_KEY])
+            self.input_size = tuple(self.meta["input_size"])
+            self.mean, self.std = tuple(self.meta["mean"]), tuple(self.meta["std"])
+            self.embedding_size = int(self.meta["embedding_size"])
+        else:
+            raise CheckpointError(f"{path}: has no '{META_KEY}' metadata (it was not exported by frtrain); {_ADVICE}")
+
+    def _from_convention(self, given: dict) -> None:
+        if self.channels not in ("rgb", "bgr") or self.layout not in ("nchw", "nhwc"):
+            raise ConfigError(f"input.channels={self.channels!r} / input.layout={self.layout!r}: expected rgb|bgr and "
+                              "nchw|nhwc")
+        size = given.get("size") or self._static_size()
+        if size is None:
+            raise ConfigError(f"{self.path}: its input size is not fixed in the file; give input.size=<pixels>")
+        self.input_size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+        mean, std = _per_channel(given.get("mean"), "mean", 0.0), _per_channel(given.get("std"), "std", 1.0)
+        if any(s <= 0 for s in std):
+            raise ConfigError(f"input.std={given.get('std')!r}: expected positive values")
+        order = slice(None, None, -1) if self.channels == "bgr" else slice(None)  # given in the model's order
+        self.mean = tuple(m / 255.0 for m in mean[order])
+        self.std = tuple(s / 255.0 for s in std[order])
+        self.meta = {"input_convention": {"size": list(self.input_size), "mean": list(mean), "std": list(std),
+                                          "channels": self.channels, "layout": self.layout}}
+        out = self.session.get_outputs()[0].shape
+        self.embedding_size = int(out[-1]) if isinstance(out[-1], int) else -1
+
+    def _static_size(self):
+        shape = self.session.get_inputs()[0].shape
+        h, w = (shape[2], shape[3]) if self.layout == "nchw" else (shape[1], shape[2])
+        return (h, w) if isinstance(h, int) and isinstance(w, int) else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        x = x.detach().float().cpu()
+        if self.channels == "bgr":
+            x = x.flip(1)
+        if self.layout == "nhwc":
+            x = x.permute(0, 2, 3, 1)
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy())})[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32).reshape(out.shape[0], -1))
 
     def to(self, device):  # the evaluator moves models to its device; onnxruntime runs where it was created
         return self
