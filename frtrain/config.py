@@ -380,6 +380,9 @@ def validate_train(cfg: DictConfig) -> None:
     backbone = dry_build("backbone", cfg.backbone)
     dry_build("head", cfg.head, embedding_size=int(backbone.embedding_size), num_classes=1_000_000)
     check_node("data", cfg.data, exclude=("loader",), input_size=tuple(backbone.input_size))
+    for name, node in (cfg.data.get("augment") or {}).items():
+        if node is not None:
+            check_node(f"data.augment.{name}", node)
     check_benchmarks(cfg)
     dry_build("optim", cfg.optim)
     dry_build("sched", cfg.sched)

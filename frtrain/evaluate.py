@@ -34,7 +34,7 @@ log = logging.getLogger("frtrain")
 def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.model`` on the configured benchmarks; returns the results by benchmark name."""
     config.validate_eval_command(cfg)
-    torch.set_num_threads(resolve_threads(cfg.eval.threads, cfg.eval.num_workers))
+    torch.set_num_threads(resolve_threads(cfg.eval.threads))
     path = resolve_checkpoint(cfg.model)
     model, meta = load_model(path, cfg.get("backbone"), cfg.get("input"))
     onnx = path.endswith(".onnx")

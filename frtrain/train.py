@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     opts, loader_cfg = config.to_object(cfg.trainer), config.to_object(cfg.data.loader)
     workers = resolve_workers(loader_cfg.num_workers)
-    torch.set_num_threads(resolve_threads(opts.threads, workers))
+    torch.set_num_threads(resolve_threads(opts.threads))
     seed_everything(cfg.seed + D.rank())
     if D.is_main():
         OmegaConf.save(cfg, os.path.join(out_dir, "config.yaml"), resolve=True)

@@ -31,7 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADS = ["arcface", "softmax", "normface", "sphereface", "cosface", "combined", "magface", "center",
-         "npt", "unpg", "intraloss", "ie", "marginloss"]
+         "npt", "unpg", "intraloss", "ie", "marginloss", "adaface", "curricularface", "elasticface_arc",
+         "elasticface_arc_plus", "elasticface_cos", "elasticface_cos_plus"]
 BEGIN, END = "<!-- bench_heads:begin -->", "<!-- bench_heads:end -->"
 
 

@@ -192,3 +192,38 @@ def test_auto_workers_share_the_node_between_the_ranks(monkeypatch):
     assert loader.default_num_workers() == 3  # 4 ranks on 16 cores: 4 cores each, one for the trainer
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert loader.default_num_workers() == 1
+
+
+def test_the_low_quality_augmentation_applies_each_transform_at_its_rate_and_keeps_uint8_112(tmp_path):
+    """AdaFace's recipe: crop, low resolution and photometric jitter each with probability 0.2 (and the flip)."""
+    from frtrain.config import compose
+    from frtrain.data.transforms import apply_augment, build_augment
+
+    augment = compose("train", ["data/augment=low_quality"]).data.augment
+    assert list(augment) == ["crop", "low_resolution", "photometric", "flip"]
+    image = np.random.default_rng(0).integers(30, 220, (112, 112, 3), dtype=np.uint8)
+    n = 1500
+    for name in ("crop", "low_resolution", "photometric"):
+        single = build_augment({name: augment[name]})
+        changed = 0
+        for seed in range(n):
+            out = apply_augment(single, image, seed)
+            assert out.shape == (112, 112, 3) and out.dtype == np.uint8
+            changed += not np.array_equal(out, image)
+        rate = changed / n
+        assert abs(rate - 0.2) < 4 * (0.2 * 0.8 / n) ** 0.5, f"{name}: applied to {rate:.3f} of the images"
+    whole = build_augment(augment)
+    outs = [apply_augment(whole, image, seed) for seed in range(20)]
+    assert all(o.shape == (112, 112, 3) and o.dtype == np.uint8 for o in outs)
+    assert np.array_equal(apply_augment(whole, image, 5), apply_augment(whole, image, 5))  # reproducible per seed
+
+
+def test_the_crop_keeps_the_box_and_blacks_out_the_rest_at_the_same_size():
+    from frtrain.data.augment import DownUpSample, ZeroOutsideCrop
+
+    image = np.full((40, 30, 3), 200, np.uint8)
+    crop = ZeroOutsideCrop(p=1.0)
+    out = crop.apply(image, top=5, left=3, height=20, width=10)
+    assert out.shape == image.shape and out[5:25, 3:13].min() == 200 and out.sum() == 200 * 3 * 20 * 10
+    small = DownUpSample(p=1.0).apply(image, ratio=0.25, down=0, up=0)
+    assert small.shape == image.shape

@@ -15,7 +15,8 @@ from frtrain.engine.build import build
 from conftest import compose_train
 
 HEADS = ["softmax", "normface", "sphereface", "cosface", "arcface", "combined", "magface", "center",
-         "npt", "unpg", "intraloss", "ie", "marginloss"]
+         "npt", "unpg", "intraloss", "ie", "marginloss", "adaface", "curricularface", "elasticface_arc_plus",
+         "elasticface_cos"]
 C, d, B, WORLD = 11, 8, 6, 2  # 11 classes over 2 ranks: uneven slices of 6 and 5
 
 
@@ -54,7 +55,8 @@ def _worker(rank: int, name: str, init_file: str, out_dir: str) -> None:
         loss.backward()
         torch.save({"loss": loss.detach(), "grad_x": x_local.grad,
                     "grads": {k: p.grad for k, p in head.named_parameters()},
-                    "after": {k: p.detach() for k, p in head.named_parameters()}, "start": start, "count": count},
+                    "after": {k: p.detach() for k, p in head.named_parameters()},
+                    "buffers": {k: b.detach().clone() for k, b in head.named_buffers()}, "start": start, "count": count},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         D.shutdown()
@@ -85,6 +87,8 @@ def test_sharded_head_equals_the_single_process_head(tmp_path, name):
             else:  # replicated parameters (e.g. a learnt scale): each rank holds its share, they sum up
                 other = torch.load(tmp_path / f"rank{1 - rank}.pt", weights_only=True)["grads"][k]
                 torch.testing.assert_close(g + other, p.grad, rtol=1e-9, atol=1e-12, msg=f"{name}.{k}")
+        for k, b in ref_head.named_buffers():  # running statistics, margin generators: reduced over ranks
+            torch.testing.assert_close(got["buffers"][k], b, rtol=1e-10, atol=1e-12, msg=f"{name} buffer {k}")
 
 
 # -- DDP with a sharded head: the backbone's gradient and the clipping norm ------------------------------

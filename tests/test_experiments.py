@@ -41,11 +41,26 @@ PAPERS = {
     "unpg_ms1mv2_r100_cosface": dict(depth=100, head="UNPG", hyper={"scale": 64.0, "r": 1.5}, base=("CosMargin", 0.5),
                                      batch=512, sched="WarmupCosine", sched_args={}, epochs=20, lr=0.1,
                                      benchmarks={"lfw", "cfp_fp", "agedb_30"}, data="faces_emore"),
+    "adaface_ms1mv2_r100": dict(depth=100, head="AdaFace", hyper={"scale": 64.0, "margin": 0.4, "h": 0.333,
+                                                                  "momentum": 0.01}, batch=512, sched="WarmupStep",
+                                sched_args={"milestones": [12, 20, 24], "gamma": 0.1}, epochs=26, lr=0.1,
+                                benchmarks={"lfw", "cfp_fp", "agedb_30", "cplfw"}, data="faces_emore",
+                                augment=["crop", "low_resolution", "photometric", "flip"]),
+    "curricularface_ms1mv2_r100": dict(depth=100, head="CurricularFace", hyper={"scale": 64.0, "margin_rad": 0.5},
+                                       batch=512, sched="WarmupStep", sched_args={"milestones": [10, 18, 22],
+                                                                                  "gamma": 0.1}, epochs=24, lr=0.1,
+                                       benchmarks={"lfw", "cfp_fp", "agedb_30", "cplfw"}, data="faces_emore"),
+    "elasticface_arc_plus_ms1mv2_r100": dict(depth=100, head="ElasticArcFace",
+                                             hyper={"scale": 64.0, "margin_mean": 0.5, "margin_std": 0.0175,
+                                                    "plus": True}, batch=512, sched="WarmupStep",
+                                             sched_args={"milestones": [8, 14, 20, 25], "gamma": 0.1}, epochs=26,
+                                             lr=0.1, benchmarks={"lfw", "cfp_fp", "agedb_30", "cplfw"},
+                                             data="faces_emore"),
 }
 
 
 def test_every_experiment_file_is_pinned_here():
-    assert set(PAPERS) <= set(EXPERIMENTS)
+    assert set(PAPERS) == set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", sorted(PAPERS))
@@ -71,6 +86,7 @@ def test_experiment_composes_to_the_papers_setting(name):
     assert set(cfg.eval.benchmarks) == want["benchmarks"]
     assert all(b.path == f"/data/{want['data']}/{n}.bin" for n, b in cfg.eval.benchmarks.items())
     assert set(cfg.paper.reported) and cfg.paper.table
+    assert list(cfg.data.augment) == want.get("augment", ["flip"])
 
 
 def test_reproduce_runs_an_experiment_and_writes_reported_next_to_reproduced(tmp_path, cache_dir):
@@ -103,5 +119,5 @@ def test_reproduce_says_not_run_and_names_unknown_experiments(tmp_path):
     rows = reproduce.main(["unpg_ms1mv2_r100_arcface", "--runs-dir", str(tmp_path), "--out", str(out)])
     assert rows[0]["reproduced"]["lfw"] == "not run" and rows[0]["reproduced"]["ijbc_tar_at_far_1e-4"] == "no protocol"
     assert "| 96.33 | no protocol |" in out.read_text()
-    with pytest.raises(SystemExit, match="no experiment npt_casia_r5 in .*there are: arcface_casia_r50"):
+    with pytest.raises(SystemExit, match="no experiment npt_casia_r5 in .*there are: adaface_ms1mv2_r100, arcface_casia_r50"):
         reproduce.main(["npt_casia_r5", "--out", str(out)])

@@ -114,7 +114,7 @@ def test_folder2rec_then_rec2folder_round_trip_and_the_data_config(tmp_path):
             (src / person).mkdir(parents=True, exist_ok=True)
             (src / person / f"{k}.jpg").write_bytes(draw_image(0, 0, len(person), k, 24))
     assert folder2rec.main([str(src), str(tmp_path / "rec")]) == 0
-    cfg = compose_train(["data=rec", f"data.root={tmp_path / 'rec'}", "data.augment=[]"])
+    cfg = compose_train(["data=rec", f"data.root={tmp_path / 'rec'}", "data/augment=none"])
     data = build("data", cfg.data, exclude=("loader",), input_size=(24, 24))
     assert len(data) == 6 and data.num_classes == 2 and [data[i][1] for i in range(6)] == [0, 0, 0, 1, 1, 1]
     assert rec2folder.main([str(tmp_path / "rec"), str(tmp_path / "back")]) == 0

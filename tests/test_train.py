@@ -41,10 +41,12 @@ RESUME = ["eval=none", "trainer.max_steps=12", "trainer.checkpoint_every=6", "tr
           "trainer.log_every=1"]
 
 
-def test_resume_continues_exactly_where_an_uninterrupted_run_goes(tmp_path):
-    full, _ = _run(tmp_path, "full", RESUME)
+@pytest.mark.parametrize("head", ["arcface", "adaface", "curricularface", "elasticface_arc_plus"])
+def test_resume_continues_exactly_where_an_uninterrupted_run_goes(tmp_path, head):
+    """Also for heads with running statistics (AdaFace, CurricularFace) and a margin generator (ElasticFace)."""
+    full, _ = _run(tmp_path, "full", RESUME + [f"head={head}"])
     step6 = full / "checkpoints" / "step-00000006.pt"
-    resumed, _ = _run(tmp_path, "resumed", RESUME + [f"trainer.resume={step6}"])
+    resumed, _ = _run(tmp_path, "resumed", RESUME + [f"head={head}", f"trainer.resume={step6}"])
     a = load_checkpoint(str(full / "checkpoints" / "step-00000012.pt"))
     b = load_checkpoint(str(resumed / "checkpoints" / "step-00000012.pt"))
     # the checkpoint's keys are a contract with users' tools: pinned here, not read from the code
@@ -53,6 +55,9 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_goes(tmp_path):
     for part in ("model", "head"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    for key in ("norm_mean", "t", "margin_rng"):  # the state that makes these heads' steps depend on the past
+        if key in a["head"]:
+            assert not torch.equal(a["head"][key], load_checkpoint(str(step6))["head"][key]), f"{key} never moved"
     assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"] == 12
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
@@ -130,7 +135,8 @@ def test_mixed_precision_on_cpu_is_refused_with_the_option_named(tmp_path):
         _run(tmp_path, "bf16", ["eval=none", "trainer.max_steps=1", "trainer.precision=bf16", "trainer.device=cpu"])
 
 
-@pytest.mark.parametrize("head", ["npt", "unpg", "intraloss", "ie", "marginloss"])
+@pytest.mark.parametrize("head", ["npt", "unpg", "intraloss", "ie", "marginloss", "adaface", "curricularface",
+                                  "elasticface_arc_plus", "elasticface_cos"])
 def test_each_paper_head_trains_verification_accuracy_well_above_chance(tmp_path, head):
     out, results = _run(tmp_path, head, [f"head={head}", "trainer.max_steps=200", "eval.every_steps=1000"])
     losses = [e["loss"] for e in json.loads((out / "results.json").read_text())["history"]["loss"]]

@@ -11,6 +11,7 @@ counts each bad file once however often it is visited (:class:`CorruptImages`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ class ImageDataset(Dataset):
             bomb); default 150 megapixels, above any camera sensor a face photo comes from.
     """
 
-    def __init__(self, input_size: Sequence[int] = (112, 112), augment: Sequence[Any] | None = None,
+    def __init__(self, input_size: Sequence[int] = (112, 112), augment: Sequence[Any] | Mapping[str, Any] | None = None,
                  on_corrupt: str = "skip", max_image_pixels: int = DEFAULT_MAX_PIXELS):
         if on_corrupt not in ("skip", "raise"):
             raise ConfigError(f"data.on_corrupt={on_corrupt!r}: expected 'skip' or 'raise'")

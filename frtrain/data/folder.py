@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -153,7 +154,7 @@ class FaceFolder(ImageDataset):
         self,
         root: str,
         input_size: Sequence[int] = (112, 112),
-        augment: Sequence[Any] | None = None,
+        augment: Sequence[Any] | Mapping[str, Any] | None = None,
         on_corrupt: str = "skip",
         index_cache: bool = True,
         cache_dir: str | None = None,

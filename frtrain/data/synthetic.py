@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import cv2
@@ -298,7 +299,7 @@ class SyntheticFaces(FaceFolder):
 
     def __init__(self, cache_dir: str, num_identities: int = 200, images_per_identity: int = 40,
                  image_size: int = 56, seed: int = 0, input_size: Sequence[int] = (112, 112),
-                 augment: Sequence[Any] | None = None, on_corrupt: str = "skip", index_cache: bool = False):
+                 augment: Sequence[Any] | Mapping[str, Any] | None = None, on_corrupt: str = "skip", index_cache: bool = False):
         if num_identities < 2 or images_per_identity < 1 or image_size < 16:
             raise ConfigError(
                 "data: synthetic faces need num_identities >= 2, images_per_identity >= 1, image_size >= 16, got "

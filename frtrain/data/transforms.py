@@ -6,6 +6,7 @@ on the device as ``(x/255 - mean)/std`` with the backbone's mean and std.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,8 +17,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from frtrain.errors import ConfigError
 
 
-def build_augment(augment: Sequence[Any] | None):
-    """An albumentations pipeline from a list of transform configs or objects (None or [] for none).
+def build_augment(augment: Sequence[Any] | Mapping[str, Any] | None):
+    """An albumentations pipeline from transform configs or objects: a mapping name -> config (``data.augment``,
+    applied in order; a None value is switched off) or a list. None or empty: no augmentation.
 
     Each item is a ``{_target_: albumentations.X, ...}`` config (or a transform object). The pipeline is
     seeded per sample by the dataset so that augmentation is reproducible and resumable.
@@ -26,16 +28,20 @@ def build_augment(augment: Sequence[Any] | None):
         return None
     import albumentations as A  # 0.6 s to import: only when a pipeline is built
 
+    if isinstance(augment, (Mapping, DictConfig)):
+        augment = {str(k): v for k, v in augment.items() if v is not None}
+    else:
+        augment = {str(i): v for i, v in enumerate(augment)}
     transforms = []
-    for i, item in enumerate(augment):
+    for i, item in augment.items():
         if isinstance(item, (dict, DictConfig)):
             try:
                 transforms.append(instantiate(item))
             except Exception as e:  # hydra wraps the constructor's TypeError
                 target = OmegaConf.select(item, "_target_") if isinstance(item, DictConfig) else item.get("_target_")
-                raise ConfigError(f"data.augment[{i}] ({target}): {e}".splitlines()[0]) from None
+                raise ConfigError(f"data.augment.{i} ({target}): {e}".splitlines()[0]) from None
         elif isinstance(item, (list, ListConfig)):
-            raise ConfigError(f"data.augment[{i}] must be a transform config, got a list")
+            raise ConfigError(f"data.augment.{i} must be a transform config, got a list")
         else:
             transforms.append(item)
     return A.Compose(transforms, seed=0)

@@ -8,8 +8,9 @@ old name ``margin`` still works with a warning (``renamed_options``). ``scale`` 
 Every margin head is :class:`MarginSoftmax`: the logits are ``s * cos(theta_ij)`` with the target
 column replaced by ``s * psi(theta_i)``, and the loss is the mean softmax cross-entropy. A head is its
 ``psi`` (:meth:`MarginSoftmax.target_logit`) and at most one more hook: :meth:`~MarginSoftmax.extra_loss`
-(a per-sample term: MagFace's regulariser, IntraLoss) or :meth:`~MarginSoftmax.extra_logsumexp`
-(columns added to every row's denominator: UNPG's batch negatives).
+(a per-sample term: MagFace's regulariser, IntraLoss), :meth:`~MarginSoftmax.extra_logsumexp` (columns added
+to every row's denominator: UNPG's batch negatives) or :meth:`~MarginSoftmax.adjust_logits` (the non-target
+logits: CurricularFace's hard negatives).
 """
 
 from __future__ import annotations
@@ -129,20 +130,26 @@ class MarginSoftmax(Head):
         """log sum exp of extra logits added to every row's softmax denominator (scalar or (N,)), or None."""
         return None
 
+    def adjust_logits(self, logits: torch.Tensor, cos_t: torch.Tensor) -> torch.Tensor:
+        """The scaled logits (N, K) of the non-target classes, changed before the targets are put in
+        (CurricularFace's hard negatives); ``cos_t`` (N,) the target cosines. The identity by default."""
+        return logits
+
     def margin_logits(self, x_all: torch.Tensor, y_all: torch.Tensor) -> MarginLogits:
         """The scaled logits with the margin applied (see :class:`MarginLogits`)."""
         index, local_target = self.select_classes(y_all)
         norms = x_all.norm(dim=1)
         logits = class_cosines(x_all, self.class_rows("weight", index, x_all.dtype), self.scale)  # (N, K) = s * cos
         cos_t = target_values(logits, local_target) / self.scale
+        self.stats = {"cos_target": cos_t.detach().mean()}  # the hooks below may add theirs
         # psi_i enters the loss only through the rank that owns class y_i, so its dependence on the
         # norms is differentiated once, there; replicated terms of the norms use D.replicated instead.
         psi = self.target_logit(cos_t, norms)
         if self.margin_grad == "straight_through":
             psi = cos_t + (psi - cos_t).detach()
+        logits = self.adjust_logits(logits, cos_t)
         rows = torch.nonzero(local_target >= 0).squeeze(1)
         logits = logits.index_put((rows, local_target[rows]), self.scale * psi[rows])
-        self.stats = {"cos_target": cos_t.detach().mean()}
         return MarginLogits(logits, local_target, cos_t, psi, norms)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
