@@ -95,7 +95,27 @@ def shutdown(wait: bool = True) -> None:
     if dist.is_available() and dist.is_initialized():
         if wait and dist.get_world_size() > 1:
             dist.barrier()
+            _all_left_the_barrier()
         dist.destroy_process_group()
+
+
+def _all_left_the_barrier(timeout_s: float = 60.0) -> None:
+    """Wait, through the rendezvous store, until every rank has returned from the last barrier.
+
+    A rank can leave a gloo barrier while its last message to a peer is still being written; destroying the
+    group then aborts the peer (pytorch/gloo#155). Once every rank has counted itself out of the barrier here,
+    every message of it has arrived."""
+    import time
+
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return
+    key, world = "frtrain/left_barrier", dist.get_world_size()
+    store.add(key, 1)
+    deadline = time.monotonic() + timeout_s
+    while store.add(key, 0) < world and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def shard_range(num_items: int, shard: int | None = None, num_shards: int | None = None) -> tuple[int, int]:

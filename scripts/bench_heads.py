@@ -12,6 +12,11 @@ ratio to it, and its peak as a multiple of one B x C float32 matrix.
 
     python scripts/bench_heads.py                       # CPU (and CUDA if present), B 128/512, C 10k/100k
     python scripts/bench_heads.py --batch 128 --classes 10000 --repeats 3 --heads arcface unpg
+    python scripts/bench_heads.py --batch 512 --classes 100000 --paths plain chunked   # both paths, one run
+
+``--paths``: ``plain`` builds every head with ``chunk_size=0`` (one B x C logit matrix), ``chunked`` with the
+chunk size ``auto`` picks for the default 256 MiB budget (frtrain/heads/chunked.py), ``auto`` as configured.
+``--class-dtype float32 bfloat16`` measures both storage dtypes of the class vectors (``head.class_dtype``).
 
 Writes docs/bench_heads.json and the "Loss heads" section of docs/benchmarks.md; settings measured by an
 earlier run and not by this one are kept from the JSON.
@@ -47,9 +52,22 @@ def _reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
+def chunk_option(path: str, batch: int, classes: int, device: str):
+    """The head's chunk_size for a bench path: plain (0), chunked (what auto picks at its default budget; below
+    the budget, what it would pick above it), auto."""
+    from frtrain.heads.chunked import auto_chunk
+
+    if path == "plain":
+        return 0
+    if path == "chunked":
+        return auto_chunk(batch, 256.0, device)
+    return "auto"
+
+
 def measure_setting(device: str, batch: int, classes: int, dim: int, heads: list[str], repeats: int,
-                    what: str = "both") -> list[dict]:
-    """Time (``what`` = time|both) and peak memory (memory|both) of each head at one (device, B, C)."""
+                    what: str = "both", paths: tuple[str, ...] = ("auto",), class_dtypes: tuple[str, ...] = ("float32",)
+                    ) -> list[dict]:
+    """Time (``what`` = time|both) and peak memory (memory|both) of each head and path at one (device, B, C)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -58,9 +76,10 @@ def measure_setting(device: str, batch: int, classes: int, dim: int, heads: list
     torch.manual_seed(0)
     dev = torch.device(device)
     rows = []
-    for name in heads:
+    for name, path, class_dtype in ((n, p, t) for n in heads for t in class_dtypes for p in paths):
         node = OmegaConf.load(ROOT / "configs" / "head" / f"{name}.yaml")
-        head = build("head", node, embedding_size=dim, num_classes=classes).to(dev)
+        head = build("head", node, embedding_size=dim, num_classes=classes,
+                     chunk_size=chunk_option(path, batch, classes, dev.type), class_dtype=class_dtype).to(dev)
         x = torch.randn(batch, dim, device=dev, requires_grad=True)
         # about 4 images per identity, as a face-recognition sampler would give
         labels = torch.randint(0, classes, (batch // 4,), device=dev).repeat_interleave(4)[:batch]
@@ -95,7 +114,8 @@ def measure_setting(device: str, batch: int, classes: int, dim: int, heads: list
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
-        row = {"device": device, "batch": batch, "classes": classes, "dim": dim, "head": name}
+        row = {"device": device, "batch": batch, "classes": classes, "dim": dim, "head": name, "path": path,
+               "chunk": head.chunks(batch, classes), "class_dtype": class_dtype}
         if times:
             row.update(median_ms=1000 * statistics.median(times), times_ms=[1000 * t for t in times])
         if peak is not None:
@@ -105,11 +125,12 @@ def measure_setting(device: str, batch: int, classes: int, dim: int, heads: list
     return rows
 
 
-def cpu_peaks(batch: int, classes: int, dim: int, heads: list[str]) -> list[dict]:
+def cpu_peaks(batch: int, classes: int, dim: int, heads: list[str], paths=("auto",), class_dtypes=("float32",)) -> list[dict]:
     """CPU peak memory of one setting, in a child process with a fixed mmap threshold so that freed
     buffers leave the resident set (timing is done in this process, with the normal allocator)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    cmd = [sys.executable, __file__, "--worker", "cpu", str(batch), str(classes), str(dim), "0", *heads]
+    cmd = [sys.executable, __file__, "--worker", "cpu", str(batch), str(classes), str(dim), "0", ",".join(paths),
+           ",".join(class_dtypes), *heads]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"bench_heads: the memory run B={batch} C={classes} failed:\n{done.stderr[-3000:]}")
@@ -117,9 +138,16 @@ def cpu_peaks(batch: int, classes: int, dim: int, heads: list[str]) -> list[dict
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
+    """Ratios to ArcFace in the same run: on the same path, and (``vs_plain_arcface``) to ArcFace's plain path."""
     for row in rows:
-        ref = next(r for r in rows if r["head"] == "arcface" and r["device"] == row["device"]
-                   and r["batch"] == row["batch"] and r["classes"] == row["classes"])
+        same = [r for r in rows if r["head"] == "arcface" and r["device"] == row["device"]
+                and r["batch"] == row["batch"] and r["classes"] == row["classes"]]
+        ref = next((r for r in same if r.get("path") == row.get("path")
+                    and r.get("class_dtype", "float32") == row.get("class_dtype", "float32")), same[0])
+        plain = next((r for r in same if r.get("path") == "plain" and r.get("class_dtype", "float32") == "float32"), None)
+        if plain is not None:
+            row["time_vs_plain_arcface"] = row["median_ms"] / plain["median_ms"]
+            row["memory_vs_plain_arcface"] = row["peak_bytes"] / max(plain["peak_bytes"], 1)
         row["time_vs_arcface"] = row["median_ms"] / ref["median_ms"]
         row["memory_vs_arcface"] = row["peak_bytes"] / max(ref["peak_bytes"], 1)
         row["peak_in_BxC_fp32"] = row["peak_bytes"] / (4 * row["batch"] * row["classes"])
@@ -137,14 +165,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
     settings = sorted({(r["device"], r["batch"], r["classes"]) for r in rows}, key=lambda s: (s[0], s[2], s[1]))
     for device, batch, classes in settings:
         command = next(r.get("command", "") for r in rows if (r["device"], r["batch"], r["classes"]) == (device, batch, classes))
+        setting = [r for r in rows if (r["device"], r["batch"], r["classes"]) == (device, batch, classes)]
+        both = any(r.get("path") == "plain" for r in setting) and any(r.get("path") == "chunked" for r in setting)
         lines += [f"### {device}, B = {batch}, C = {classes:,}", "", f"`{command}`", "",
-                  "| head | median ms | time / arcface | peak MiB | memory / arcface | xBC | xCd |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in rows:
-            if (r["device"], r["batch"], r["classes"]) == (device, batch, classes):
-                lines.append(f"| {r['head']} | {r['median_ms']:.1f} | {r['time_vs_arcface']:.2f} | "
-                             f"{r['peak_bytes'] / 2**20:.0f} | {r['memory_vs_arcface']:.2f} | "
-                             f"{r['peak_in_BxC_fp32']:.1f} | {r['peak_in_Cxd_fp32']:.1f} |")
+                  "| head | path | median ms | time / arcface | peak MiB | memory / arcface | xBC | xCd |"
+                  + (" time / plain arcface | memory / plain arcface |" if both else ""),
+                  "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if both else "")]
+        for r in setting:
+            path = r.get("path", "auto") + (f" ({r['chunk']:,})" if r.get("chunk") else "")
+            path += "" if r.get("class_dtype", "float32") == "float32" else f", {r['class_dtype']}"
+            lines.append(f"| {r['head']} | {path} | {r['median_ms']:.1f} | {r['time_vs_arcface']:.2f} | "
+                         f"{r['peak_bytes'] / 2**20:.0f} | {r['memory_vs_arcface']:.2f} | "
+                         f"{r['peak_in_BxC_fp32']:.1f} | {r['peak_in_Cxd_fp32']:.1f} |"
+                         + (f" {r['time_vs_plain_arcface']:.2f} | {r['memory_vs_plain_arcface']:.2f} |" if both else ""))
         lines.append("")
     if not any(r["device"] == "cuda" for r in rows):
         lines += ["CUDA: not measured (no GPU on the machine that ran this).", ""]
@@ -161,6 +194,8 @@ def merged(rows: list[dict], meta: dict, out_json: Path) -> tuple[list[dict], di
     old = json.loads(out_json.read_text())
     measured = {(r["device"], r["batch"], r["classes"]) for r in rows}
     kept = [r for r in old["rows"] if (r["device"], r["batch"], r["classes"]) not in measured]
+    for r in kept:  # rows of runs before the chunked path existed were all plain
+        r.setdefault("path", "plain")
     return kept + rows, meta
 
 
@@ -177,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--heads", nargs="+", default=HEADS, choices=HEADS)
+    parser.add_argument("--paths", nargs="+", default=["auto"], choices=["auto", "plain", "chunked"])
+    parser.add_argument("--class-dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"],
+                        help="storage dtype(s) of the class vectors (head.class_dtype); several: one row each")
     parser.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda if present)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "bench_heads.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -191,9 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for device, batch, classes in tqdm(settings, desc="bench_heads", unit="setting"):
         timed = measure_setting(device, batch, classes, args.dim, heads, args.repeats,
-                                "both" if device == "cuda" else "time")
+                                "both" if device == "cuda" else "time", tuple(args.paths), tuple(args.class_dtype))
         if device == "cpu":
-            for row, mem in zip(timed, cpu_peaks(batch, classes, args.dim, heads)):
+            for row, mem in zip(timed, cpu_peaks(batch, classes, args.dim, heads, args.paths, args.class_dtype)):
                 row["peak_bytes"] = mem["peak_bytes"]
         rows += timed
     rows = with_ratios(rows)
@@ -208,8 +246,9 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        device, batch, classes, dim, repeats, *names = sys.argv[2:]
-        result = measure_setting(device, int(batch), int(classes), int(dim), names, int(repeats), "memory")
+        device, batch, classes, dim, repeats, paths, class_dtypes, *names = sys.argv[2:]
+        result = measure_setting(device, int(batch), int(classes), int(dim), names, int(repeats), "memory",
+                                 tuple(paths.split(",")), tuple(class_dtypes.split(",")))
         print(json.dumps(result))
     else:
         main()

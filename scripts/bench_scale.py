@@ -4,7 +4,8 @@
     python scripts/bench_scale.py --classes 100000 --repeats 5
 
 Each configuration runs in fresh processes (``torch.multiprocessing.spawn``; 2 ranks join a gloo group):
-one process with all C class vectors, 2 ranks with C/2 each, and 2 ranks with Partial FC
+one process with all C class vectors on the plain path (one B x C logit matrix) and on the chunked path
+(frtrain/heads/chunked.py; also with bf16 class vectors), 2 ranks with C/2 each, and 2 ranks with Partial FC
 (``sample_rate`` 0.1). A step is the ArcFace head's forward, backward and an SGD step with momentum on a
 fixed global batch of embeddings (the backbone is left out: it is the same in every configuration, and data
 parallel). The CPU's threads are split evenly between the ranks, so every configuration uses the same cores.
@@ -39,7 +40,8 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _worker(rank: int, world: int, args, sample_rate: float, device_type: str, init_file: str, out_dir: str):
+def _worker(rank: int, world: int, args, sample_rate: float, device_type: str, init_file: str, out_dir: str,
+            chunk_size="auto", class_dtype: str = "float32"):
     import torch
     import torch.distributed as dist
 
@@ -63,7 +65,8 @@ def _worker(rank: int, world: int, args, sample_rate: float, device_type: str, i
             torch.cuda.reset_peak_memory_stats(device)
             base_cuda = torch.cuda.memory_allocated(device)
         torch.manual_seed(rank)
-        head = ArcFace(args.dim, args.classes, sample_rate=sample_rate).to(device).train()
+        head = ArcFace(args.dim, args.classes, sample_rate=sample_rate, chunk_size=chunk_size,
+                       class_dtype=class_dtype).to(device).train()
         optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
         times = []
         for _ in range(1 + args.repeats):
@@ -81,6 +84,7 @@ def _worker(rank: int, world: int, args, sample_rate: float, device_type: str, i
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
         result = {"rank": rank, "num_local": head.num_local, "step_s": times[1:], "loss": float(loss.detach()),
+                  "chunk": head.chunks(per_rank * world, head.num_local),
                   "peak_rss_mib": _status_kib("VmHWM") / 1024, "base_rss_mib": base_kib / 1024}
         if device.type == "cuda":
             result["peak_cuda_mib"] = (torch.cuda.max_memory_allocated(device) - base_cuda) / 2**20
@@ -90,17 +94,19 @@ def _worker(rank: int, world: int, args, sample_rate: float, device_type: str, i
             dist.destroy_process_group()
 
 
-def run_config(args, world: int, sample_rate: float, device_type: str) -> dict:
+def run_config(args, world: int, sample_rate: float, device_type: str, chunk_size="auto",
+               class_dtype: str = "float32") -> dict:
     import torch
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(world, args, sample_rate, device_type, os.path.join(tmp, "rdzv"), tmp),
-                 nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, args, sample_rate, device_type, os.path.join(tmp, "rdzv"), tmp, chunk_size,
+                                class_dtype), nprocs=world, join=True)
         ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world)]
     slowest = [max(r["step_s"][i] for r in ranks) for i in range(args.repeats)]
     row = {
-        "device": device_type, "ranks": world, "sample_rate": sample_rate,
+        "device": device_type, "ranks": world, "sample_rate": sample_rate, "chunk": ranks[0]["chunk"],
+        "class_dtype": class_dtype,
         "classes_per_rank": [r["num_local"] for r in ranks],
         "step_s_median": statistics.median(slowest), "step_s": slowest,
         "peak_rss_mib_per_rank": max(r["peak_rss_mib"] for r in ranks),
@@ -119,24 +125,35 @@ def markdown(payload: dict) -> str:
              f"and SGD-with-momentum step of the head alone. Median of {a['repeats']} steps after a warm-up (the "
              "slowest rank's); memory per rank is the peak resident set minus the resident set before the head "
              f"was built. Machine: {payload['machine']}; PyTorch {payload['torch']}. Command: `{payload['command']}`.",
-             "", "| device | ranks | classes per rank | Partial FC | step (s) | head memory per rank (MiB) "
-             "| peak RSS per rank (MiB) | vs one process: memory | vs one process: time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| device | ranks | classes per rank | path | Partial FC | step (s) | head memory per rank (MiB) "
+             "| peak RSS per rank (MiB) | vs one plain process: memory | vs one plain process: time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for device in sorted({r["device"] for r in payload["rows"]}):
         rows = [r for r in payload["rows"] if r["device"] == device]
         base = next(r for r in rows if r["ranks"] == 1)
         for r in rows:
             mem_key = "peak_cuda_mib_per_rank" if device == "cuda" else "head_mib_per_rank"
+            path = "plain" if not r.get("chunk") else f"chunks of {r['chunk']:,}"
+            path += "" if r.get("class_dtype", "float32") == "float32" else f", {r['class_dtype']} class vectors"
             lines.append(
-                f"| {device} | {r['ranks']} | {' / '.join(f'{n:,}' for n in r['classes_per_rank'])} | "
+                f"| {device} | {r['ranks']} | {' / '.join(f'{n:,}' for n in r['classes_per_rank'])} | {path} | "
                 f"{'off' if r['sample_rate'] >= 1 else r['sample_rate']} | {r['step_s_median']:.2f} | "
                 f"{r[mem_key]:,.0f} | {r['peak_rss_mib_per_rank']:,.0f} | "
                 f"{r[mem_key] / base[mem_key]:.2f}x | {r['step_s_median'] / base['step_s_median']:.2f}x |")
     if not any(r["device"] == "cuda" for r in payload["rows"]):
         lines += ["", "CUDA: not measured (no GPU on the machine that ran this)."]
-    lines += ["", "The 2-rank rows use the same cores as the one-process row (threads split between the ranks), so "
-              "time shows the cost of the collectives, not a speed-up; what sharding buys is the memory per rank, "
-              "which is what bounds the class count on a GPU.", END]
+    cd = 4 * a["classes"] * a["dim"] / 2**20
+    lines += ["", f"The class vectors, their gradient and SGD's momentum are 3 x {cd:,.0f} MiB = {3 * cd:,.0f} MiB in "
+              "float32: the chunked path's goal is at most that plus 512 MiB in one process (the plain path adds about "
+              "5 float32 B x C matrices and the softmax's copies). The 2-rank rows use the same cores as the "
+              "one-process rows (threads split between the ranks), so time shows the cost of the collectives, not a "
+              "speed-up; what sharding buys is the memory per rank, which is what bounds the class count on a GPU."]
+    for r in payload["rows"]:
+        if r["device"] == "cpu" and r["ranks"] == 1 and r.get("chunk") and r.get("class_dtype", "float32") == "float32":
+            met = r["head_mib_per_rank"] <= 3 * cd + 512
+            lines += ["", f"Goal (issue 18), one process at C = {a['classes']:,}: head memory at most {3 * cd + 512:,.0f} MiB. "
+                      f"Chunked: {r['head_mib_per_rank']:,.0f} MiB, **{'met' if met else 'not met'}**."]
+    lines.append(END)
     return "\n".join(lines)
 
 
@@ -158,10 +175,12 @@ def main(argv=None) -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        for world, rate in ((1, 1.0), (2, 1.0), (2, args.sample_rate)):
+        for world, rate, chunk, dtype in ((1, 1.0, 0, "float32"), (1, 1.0, "auto", "float32"),
+                                          (1, 1.0, "auto", "bfloat16"), (2, 1.0, "auto", "float32"),
+                                          (2, args.sample_rate, "auto", "float32")):
             if device == "cuda" and world > torch.cuda.device_count():
-                continue  # one GPU: the one-process row only
-            row = run_config(args, world, rate, device)
+                continue  # one GPU: the one-process rows only
+            row = run_config(args, world, rate, device, chunk, dtype)
             print(f"{device} ranks={world} sample_rate={rate}: step {row['step_s_median']:.2f} s, head memory per "
                   f"rank {row.get('peak_cuda_mib_per_rank', row['head_mib_per_rank']):,.0f} MiB", flush=True)
             rows.append(row)

@@ -93,7 +93,7 @@ def test_debug_limit_composes_with_any_data():
 def test_unknown_option_of_a_built_object_is_named_with_the_accepted_ones():
     cfg = compose_train(["head=cosface", "+head.marginn=0.3"])
     with pytest.raises(ConfigError, match=r"head: frtrain.heads.CosFace has no option 'marginn' \(did you mean "
-                                          r"'margin_cos'\? its options: margin_cos, margin_grad, sample_rate, scale\)"):
+                                          r"'margin_cos'\? its options: chunk_size, class_dtype, margin_cos, margin_grad, memory_budget_mb, sample_rate, scale\)"):
         build("head", cfg.head, embedding_size=8, num_classes=10)
 
 

@@ -21,8 +21,11 @@ C, d, B, WORLD = 11, 8, 6, 2  # 11 classes over 2 ranks: uneven slices of 6 and 
 
 
 def _head(name: str):
+    """Head ``name`` (``name:chunked`` for its chunked path, 2 classes per chunk: 6 or 5 local classes)."""
+    name, _, path = name.partition(":")
     cfg = compose_train([f"head={name}", "data=folder", "data.root=unused"]).head
     extra = {"k": 3} if name == "npt" else {}
+    extra["chunk_size"] = 2 if path == "chunked" else 0
     return build("head", cfg, embedding_size=d, num_classes=C, **extra).double()
 
 
@@ -62,10 +65,15 @@ def _worker(rank: int, name: str, init_file: str, out_dir: str) -> None:
         D.shutdown()
 
 
-@pytest.mark.parametrize("name", HEADS)
+CHUNKED = [f"{h}:chunked" for h in ("softmax", "arcface", "center", "npt", "unpg", "ie", "marginloss", "adaface",
+                                    "curricularface", "elasticface_arc_plus")]
+
+
+@pytest.mark.parametrize("name", HEADS + CHUNKED)
 def test_sharded_head_equals_the_single_process_head(tmp_path, name):
+    """Also the chunked path (``:chunked``) against the single-process plain head."""
     torch.manual_seed(1)
-    ref_head = _head(name)
+    ref_head = _head(name.split(":")[0])
     x, y = _inputs()
     x = x.clone().requires_grad_(True)
     ref_loss = ref_head(x, y)

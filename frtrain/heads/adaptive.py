@@ -76,8 +76,10 @@ class AdaFace(_RunningStatistics):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin: float = 0.4,
                  h: float = 0.333, momentum: float = 0.01, batch_stats: str = "global", margin_grad: str = "autograd",
-                 sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
+                 sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("margin", margin, 0.0 <= margin < math.pi / 2, "an adaptive margin in [0, pi/2)")
         check_option("h", h, h > 0.0, "a positive concentration")
         self.margin, self.h, self.eps = float(margin), float(h), 1e-3
@@ -115,8 +117,10 @@ class CurricularFace(_RunningStatistics):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_rad: float = 0.5,
                  momentum: float = 0.01, batch_stats: str = "global", margin_grad: str = "autograd",
-                 sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
+                 sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("margin_rad", margin_rad, 0.0 <= margin_rad < math.pi, "an angular margin in [0, pi) radians")
         self.margin_rad = float(margin_rad)
         self._init_stats(batch_stats, momentum, {"t": 0.0})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from frtrain import distributed as D
-from frtrain.heads.class_vectors import check_option, class_cosines, sharded_cross_entropy
+from frtrain.heads.class_vectors import check_option, class_cosines, normalized
 from frtrain.heads.classic import Softmax
 
 
@@ -31,8 +31,10 @@ class SoftmaxWithCenters(Softmax):
     class_parameters = ("weight", "bias", "centers")
 
     def __init__(self, embedding_size: int, num_classes: int, center_lr: float | None = None,
-                 normalize_features: bool = False, sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, sample_rate)
+                 normalize_features: bool = False, sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("center_lr", center_lr, center_lr is None or center_lr > 0.0, "a positive learning rate or null")
         self.center_lr = None if center_lr is None else float(center_lr)
         self.normalize_features = bool(normalize_features)
@@ -45,20 +47,31 @@ class SoftmaxWithCenters(Softmax):
             centers["lr"] = self.center_lr
         return [{"params": others}, centers]
 
-    def softmax_and_distances(self, embeddings: torch.Tensor, labels: torch.Tensor):
-        """Gather, then the per-sample softmax CE (N,) and the distances to the selected centres.
+    def distances(self, x_all: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """d (N, k): squared distances from the embeddings to ``centers`` (k, d), of normalised vectors when
+        ``normalize_features``: ||x/|x| - c/|c|||^2 = 2 - 2 cos, without a normalised copy of the centres."""
+        centers = centers.to(x_all.dtype)
+        if self.normalize_features:
+            return (2.0 - 2.0 * class_cosines(x_all, centers)).clamp_min(0.0)
+        return squared_distances(x_all, centers)
 
-        Returns ``(ce, d, local_target, x_all)``: ce replicated over ranks; d (N, K) squared distances to
-        this rank's selected centres (of normalised vectors when ``normalize_features``).
-        """
+    def own_distances(self, x_all: torch.Tensor, centers: torch.Tensor, local_target: torch.Tensor) -> torch.Tensor:
+        """d_i,y_i (N,) where this rank owns the class, 0 elsewhere (not yet combined over ranks)."""
+        c = centers[local_target.clamp(min=0)].to(x_all.dtype)
+        if self.normalize_features:
+            d = (2.0 - 2.0 * (normalized(x_all) * normalized(c)).sum(dim=1)).clamp_min(0.0)
+        else:
+            d = (x_all - c).square().sum(dim=1)
+        return torch.where(local_target >= 0, d, torch.zeros_like(d))
+
+    def softmax_and_centers(self, embeddings: torch.Tensor, labels: torch.Tensor):
+        """Gather, then ``(ce, centers, local_target, x_all, chunk)``: the per-sample softmax CE (N,) replicated over
+        ranks, this rank's selected centres (K, d) in their storage dtype, and the chunk size (None: plain)."""
         x_all, y_all = self.gather(embeddings, labels)
         index, local_target = self.select_classes(y_all)
-        ce = sharded_cross_entropy(self.class_logits(x_all, index), local_target)
-        c = self.class_rows("centers", index, x_all.dtype)
-        if self.normalize_features:
-            # ||x/|x| - c/|c|||^2 = 2 - 2 cos, without a normalised copy of the centres (see class_cosines)
-            return ce, (2.0 - 2.0 * class_cosines(x_all, c)).clamp_min(0.0), local_target, x_all
-        return ce, squared_distances(x_all, c), local_target, x_all
+        ce = self.cross_entropy(x_all, index, local_target)
+        centers = self.class_rows("centers", index)
+        return ce, centers, local_target, x_all, self.chunks(x_all.shape[0], centers.shape[0])
 
 
 class CenterLoss(SoftmaxWithCenters):
@@ -78,8 +91,10 @@ class CenterLoss(SoftmaxWithCenters):
     renamed_options = {"center_lr": "alpha"}
 
     def __init__(self, embedding_size: int, num_classes: int, lambda_c: float = 0.003, alpha: float = 0.5,
-                 sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, None, normalize_features=False, sample_rate=sample_rate)
+                 sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, None, normalize_features=False, sample_rate=sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("lambda_c", lambda_c, lambda_c >= 0.0, "a non-negative weight")
         check_option("alpha", alpha, 0.0 <= alpha <= 1.0, "a centre update rate in [0, 1]")
         self.lambda_c, self.alpha = float(lambda_c), float(alpha)
@@ -104,7 +119,7 @@ class CenterLoss(SoftmaxWithCenters):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x_all, y_all = self.gather(embeddings, labels)
         index, local_target = self.select_classes(y_all)
-        ce = sharded_cross_entropy(self.class_logits(x_all, index), local_target)
+        ce = self.cross_entropy(x_all, index, local_target)
         # only the own centre is needed: N distances, not an N x C matrix
         rows = torch.nonzero(local_target >= 0).squeeze(1)
         diff = x_all[rows] - self.class_rows("centers", index, x_all.dtype)[local_target[rows]]

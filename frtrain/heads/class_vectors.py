@@ -23,6 +23,9 @@ from frtrain import distributed as D
 from frtrain.errors import ConfigError
 
 
+_CLASS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def check_option(name: str, value, ok: bool, expected: str) -> None:
     """Raise ``ConfigError`` naming the head option when ``ok`` is False."""
     if not ok:
@@ -47,16 +50,29 @@ class Head(nn.Module):
         sample_rate: Partial FC. With a value < 1, each training step uses only the batch's positive
             classes plus randomly sampled negatives, ``ceil(sample_rate * C_local)`` class vectors in all
             per rank. 1.0 (default) uses every class.
+        chunk_size: classes per chunk of the chunked path (:mod:`frtrain.heads.chunked`: the exact loss and
+            gradients without an N x C matrix), 0 for the plain path, or ``auto`` (default): plain while its
+            N x C matrices fit in ``memory_budget_mb``, chunks above.
+        memory_budget_mb: the memory the plain path may use for its N x C matrices (MiB).
+        class_dtype: storage of the class vectors: ``float32`` (default), ``bfloat16`` or ``float16`` (half the
+            memory; the logits, their log-sum-exp and the class-vector gradient are computed in float32).
     """
 
     #: names of the parameters holding one row per class (sharded and sampled together)
     class_parameters: tuple[str, ...] = ("weight",)
 
-    def __init__(self, embedding_size: int, num_classes: int, sample_rate: float = 1.0):
+    def __init__(self, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
         super().__init__()
         check_option("embedding_size", embedding_size, int(embedding_size) >= 1, "a positive integer")
         check_option("num_classes", num_classes, int(num_classes) >= 2, "at least 2 classes")
         check_option("sample_rate", sample_rate, 0.0 < sample_rate <= 1.0, "a value in (0, 1]")
+        check_option("chunk_size", chunk_size, chunk_size == "auto" or (isinstance(chunk_size, int) and chunk_size >= 0),
+                     "auto, 0 (plain) or a positive number of classes")
+        check_option("memory_budget_mb", memory_budget_mb, memory_budget_mb > 0, "a positive number of MiB")
+        check_option("class_dtype", class_dtype, class_dtype in _CLASS_DTYPES, "float32, bfloat16 or float16")
+        self.chunk_size, self.memory_budget_mb = chunk_size, float(memory_budget_mb)
+        self.class_dtype = _CLASS_DTYPES[class_dtype]
         self.embedding_size = int(embedding_size)
         self.num_classes = int(num_classes)
         self.sample_rate = float(sample_rate)
@@ -95,7 +111,15 @@ class Head(nn.Module):
             nn.init.uniform_(w, -bound, bound)
         else:
             raise ValueError(f"unknown init {init!r}")
-        return nn.Parameter(w)
+        return nn.Parameter(w.to(self.class_dtype))
+
+    def chunks(self, num_samples: int, num_rows: int, device_type: str | None = None) -> int | None:
+        """Classes per chunk for N samples against K class rows, or None for the plain path (see chunk_size);
+        ``device_type`` (default: the class vectors' device) sizes ``auto``'s chunks."""
+        from frtrain.heads.chunked import plan
+
+        device_type = device_type or next(self.parameters()).device.type
+        return plan(num_samples, num_rows, self.chunk_size, self.memory_budget_mb, device_type)
 
     def param_groups(self) -> list[dict]:
         """Optimiser parameter groups; heads with their own learning rates (centres) override this."""
@@ -154,11 +178,12 @@ class Head(nn.Module):
         local_target = torch.where(owned, remap[local.clamp(0, self.num_local - 1)], local_target)
         return index, local_target
 
-    def class_rows(self, name: str, index: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        """Parameter ``name`` restricted to the selected rows, in the compute dtype."""
+    def class_rows(self, name: str, index: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Parameter ``name`` restricted to the selected rows, in ``dtype`` (the storage dtype when None: the
+        chunked path casts one chunk at a time)."""
         p = getattr(self, name)
         p = p if index is None else p[index]
-        return p.to(dtype)
+        return p if dtype is None else p.to(dtype)
 
 
 def owned_values(matrix: torch.Tensor, local_target: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from frtrain.heads.class_vectors import (
     Head,
     check_option,
     class_cosines,
+    normalized,
     sharded_cross_entropy,
     target_values,
 )
@@ -38,19 +39,37 @@ class Softmax(Head):
 
     class_parameters = ("weight", "bias")
 
-    def __init__(self, embedding_size: int, num_classes: int, sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, sample_rate)
+    def __init__(self, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         self.weight = self.new_class_parameter("normal")
         self.bias = nn.Parameter(torch.zeros(self.num_local))
 
-    def class_logits(self, x_all: torch.Tensor, index) -> torch.Tensor:
-        """(N, d) -> (N, K) logits W x + b over the selected local classes."""
-        return F.linear(x_all, self.class_rows("weight", index, x_all.dtype), self.class_rows("bias", index, x_all.dtype))
+    def cross_entropy(self, x_all: torch.Tensor, index, local_target: torch.Tensor) -> torch.Tensor:
+        """Per-sample CE (N,) of the logits W x + b over the selected local classes, replicated over ranks; an
+        N x K logit matrix on the plain path, class chunks on the chunked one (:mod:`frtrain.heads.chunked`)."""
+        from frtrain.heads.chunked import chunked_reduce
+
+        w, b = self.class_rows("weight", index), self.class_rows("bias", index)
+        chunk = self.chunks(x_all.shape[0], w.shape[0])
+        if chunk is None:
+            return sharded_cross_entropy(F.linear(x_all, w.to(x_all.dtype), b.to(x_all.dtype)), local_target)
+
+        def block(xs, parts, start):
+            return F.linear(xs[0], parts[0].to(xs[0].dtype), parts[1].to(xs[0].dtype))
+
+        lse = chunked_reduce(block, [x_all], [w, b], chunk)
+        if D.is_distributed():
+            lse = torch.logsumexp(D.all_gather_replicated(lse.unsqueeze(1), dim=1), dim=1)
+        t = local_target.clamp(min=0)
+        own = (x_all * w[t].to(x_all.dtype)).sum(dim=1) + b[t].to(x_all.dtype)
+        return lse - target_values(own.unsqueeze(1), torch.where(local_target >= 0, 0, -1))
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x_all, y_all = self.gather(embeddings, labels)
         index, local_target = self.select_classes(y_all)
-        return sharded_cross_entropy(self.class_logits(x_all, index), local_target).mean()
+        return self.cross_entropy(x_all, index, local_target).mean()
 
 
 def auto_scale(num_classes: int) -> float:
@@ -71,9 +90,9 @@ def auto_scale(num_classes: int) -> float:
 
 
 class MarginLogits(NamedTuple):
-    """What :meth:`MarginSoftmax.margin_logits` returns.
+    """What the hooks of :class:`MarginSoftmax` see (``extra_loss``).
 
-    logits: (N, K) s*cos_ij, with the owned target entries replaced by s*psi_i.
+    logits: (N, K) s*cos_ij, with the owned target entries replaced by s*psi_i; None on the chunked path.
     local_target: (N,) the target's column in this shard's selection, -1 where another rank owns it.
     cos_t, psi: (N,) the target cosine and its margin version, replicated over ranks.
     norms: (N,) the feature norms.
@@ -99,8 +118,10 @@ class MarginSoftmax(Head):
     """
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto",
-                 margin_grad: str = "autograd", sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, sample_rate)
+                 margin_grad: str = "autograd", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("scale", scale, scale == "auto" or (not isinstance(scale, str) and scale > 0),
                      "a positive logit scale or auto")
         check_option("margin_grad", margin_grad, margin_grad in ("autograd", "straight_through"),
@@ -135,29 +156,73 @@ class MarginSoftmax(Head):
         (CurricularFace's hard negatives); ``cos_t`` (N,) the target cosines. The identity by default."""
         return logits
 
-    def margin_logits(self, x_all: torch.Tensor, y_all: torch.Tensor) -> MarginLogits:
-        """The scaled logits with the margin applied (see :class:`MarginLogits`)."""
+    def target_cosines(self, x_all: torch.Tensor, w_t: torch.Tensor, local_target: torch.Tensor) -> torch.Tensor:
+        """cos_t (N,): each sample's cosine to its class vector ``w_t`` (N, d), from the rank that owns the class,
+        replicated."""
+        cos = (normalized(x_all) * normalized(w_t.to(x_all.dtype))).sum(dim=1)
+        return target_values(cos.unsqueeze(1), torch.where(local_target >= 0, 0, -1))
+
+    def adjusts_negatives(self) -> bool:
+        """Whether :meth:`adjust_logits` is overridden (the chunked path then differentiates each chunk with autograd)."""
+        return type(self).adjust_logits is not MarginSoftmax.adjust_logits
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from frtrain.heads.chunked import cosine_logsumexp
+
+        x_all, y_all = self.gather(embeddings, labels)
         index, local_target = self.select_classes(y_all)
+        rows = self.class_rows("weight", index)  # (K, d) this rank's (selected) class vectors, storage dtype
         norms = x_all.norm(dim=1)
-        logits = class_cosines(x_all, self.class_rows("weight", index, x_all.dtype), self.scale)  # (N, K) = s * cos
-        cos_t = target_values(logits, local_target) / self.scale
+        chunk = self.chunks(x_all.shape[0], rows.shape[0])
+        negatives = None
+        if chunk is not None and not self.adjusts_negatives():
+            # the negatives' log-sum-exp and the target rows in one chunked pass (see cosine_logsumexp)
+            negatives, w_t = cosine_logsumexp(normalized(x_all) * self.scale, rows, local_target, chunk)
+        else:
+            w_t = rows[local_target.clamp(min=0)]
+        cos_t = self.target_cosines(x_all, w_t, local_target)
         self.stats = {"cos_target": cos_t.detach().mean()}  # the hooks below may add theirs
-        # psi_i enters the loss only through the rank that owns class y_i, so its dependence on the
-        # norms is differentiated once, there; replicated terms of the norms use D.replicated instead.
         psi = self.target_logit(cos_t, norms)
         if self.margin_grad == "straight_through":
             psi = cos_t + (psi - cos_t).detach()
-        logits = self.adjust_logits(logits, cos_t)
-        rows = torch.nonzero(local_target >= 0).squeeze(1)
-        logits = logits.index_put((rows, local_target[rows]), self.scale * psi[rows])
-        return MarginLogits(logits, local_target, cos_t, psi, norms)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        x_all, y_all = self.gather(embeddings, labels)
-        m = self.margin_logits(x_all, y_all)
-        loss = sharded_cross_entropy(m.logits, m.local_target, self.extra_logsumexp(x_all, y_all))
-        extra = self.extra_loss(m, y_all)
+        extra_lse = self.extra_logsumexp(x_all, y_all)
+        if chunk is None:
+            logits = self.adjust_logits(class_cosines(x_all, rows.to(x_all.dtype), self.scale), cos_t)  # (N, K)
+            # psi_i enters the loss only through the rank that owns class y_i, so its dependence on the
+            # norms is differentiated once, there; replicated terms of the norms use D.replicated instead.
+            owned = torch.nonzero(local_target >= 0).squeeze(1)
+            logits = logits.index_put((owned, local_target[owned]), self.scale * psi[owned])
+            loss = sharded_cross_entropy(logits, local_target, extra_lse)
+        else:
+            logits = None
+            if negatives is None:
+                negatives = self.adjusted_negatives(x_all, rows, local_target, cos_t, chunk)
+            loss = self.chunked_cross_entropy(negatives, local_target, psi, extra_lse)
+        extra = self.extra_loss(MarginLogits(logits, local_target, cos_t, psi, norms), y_all)
         return (loss if extra is None else loss + extra).mean()
+
+    def adjusted_negatives(self, x_all, rows, local_target, cos_t, chunk: int) -> torch.Tensor:
+        """log sum_{j != y_i} exp(adjust_logits(s cos_ij)) over this rank's class chunks (N,), each chunk through
+        autograd (heads that change the negatives' logits: CurricularFace)."""
+        from frtrain.heads.chunked import chunked_reduce, target_mask
+
+        def block(xs, parts, start):
+            w = parts[0].to(xs[0].dtype)
+            logits = F.linear(xs[0], w) / w.norm(dim=1).clamp_min(1e-12)  # (N, k) = s * cos
+            logits = self.adjust_logits(logits, cos_t)
+            return logits.masked_fill(target_mask(local_target, start, w.shape[0]), float("-inf"))
+
+        return chunked_reduce(block, [normalized(x_all) * self.scale], [rows], chunk)
+
+    def chunked_cross_entropy(self, negatives, local_target, psi, extra_lse=None) -> torch.Tensor:
+        """The margin softmax cross-entropy (N,) from this rank's negatives' log-sum-exp (N,): the ranks' partial
+        results are combined, and the target's s*psi (owned by one rank, as in the plain path) and any extra
+        columns are added. No N x K matrix (:mod:`frtrain.heads.chunked`)."""
+        if D.is_distributed():
+            negatives = torch.logsumexp(D.all_gather_replicated(negatives.unsqueeze(1), dim=1), dim=1)
+        target = self.scale * target_values(psi.unsqueeze(1), torch.where(local_target >= 0, 0, -1))
+        terms = [negatives, target] + ([extra_lse.expand_as(target)] if extra_lse is not None else [])
+        return torch.logsumexp(torch.stack(terms), dim=0) - target
 
 
 class NormFace(MarginSoftmax):
@@ -173,8 +238,10 @@ class CombinedMargin(MarginSoftmax):
     """
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", m1: float = 1.0,
-                 m2: float = 0.3, m3: float = 0.2, margin_grad: str = "autograd", sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
+                 m2: float = 0.3, m3: float = 0.2, margin_grad: str = "autograd", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("m1", m1, m1 >= 1.0, "a multiplicative margin >= 1")
         check_option("m2", m2, 0.0 <= m2 < math.pi, "an additive angular margin in [0, pi) radians")
         check_option("m3", m3, m3 >= 0.0, "a non-negative cosine margin")
@@ -193,9 +260,11 @@ class ArcFace(CombinedMargin):
     renamed_options = {"margin": "margin_rad"}
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_rad: float = 0.5,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0):
+                 margin_grad: str = "autograd", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
         check_option("margin_rad", margin_rad, 0.0 <= margin_rad < math.pi, "an angular margin in [0, pi) radians")
-        super().__init__(embedding_size, num_classes, scale, 1.0, margin_rad, 0.0, margin_grad, sample_rate)
+        super().__init__(embedding_size, num_classes, scale, 1.0, margin_rad, 0.0, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
 
 
 class CosFace(CombinedMargin):
@@ -204,9 +273,11 @@ class CosFace(CombinedMargin):
     renamed_options = {"margin": "margin_cos"}
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_cos: float = 0.35,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0):
+                 margin_grad: str = "autograd", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
         check_option("margin_cos", margin_cos, margin_cos >= 0.0, "a non-negative cosine margin")
-        super().__init__(embedding_size, num_classes, scale, 1.0, 0.0, margin_cos, margin_grad, sample_rate)
+        super().__init__(embedding_size, num_classes, scale, 1.0, 0.0, margin_cos, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
 
 
 class SphereFace(MarginSoftmax):
@@ -223,8 +294,10 @@ class SphereFace(MarginSoftmax):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_mult: float = 4.0,
                  lambda_base: float = 1000.0, lambda_gamma: float = 0.12, lambda_power: float = 1.0,
-                 lambda_min: float = 5.0, margin_grad: str = "autograd", sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
+                 lambda_min: float = 5.0, margin_grad: str = "autograd", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("margin_mult", margin_mult, margin_mult >= 1.0, "a multiplicative margin >= 1")
         check_option("lambda_min", lambda_min, lambda_min >= 0.0, "a non-negative value")
         check_option("lambda_base", lambda_base, lambda_base >= 0.0, "a non-negative value")
@@ -255,8 +328,10 @@ class MagFace(MarginSoftmax):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", l_a: float = 10.0,
                  u_a: float = 110.0, l_m: float = 0.45, u_m: float = 0.8, lambda_g: float = 35.0,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
+                 margin_grad: str = "autograd", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         self.magface = MagFaceMargin(l_a, u_a, l_m, u_m, lambda_g)
 
     def target_logit(self, cos_t, norms):

@@ -68,8 +68,10 @@ class ElasticArcFace(_ElasticMargin):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_rad: float = 0.5,
                  margin_std: float = 0.05, plus: bool = False, plus_order: str = "authors", seed: int = 0,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
+                 margin_grad: str = "autograd", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("margin_rad", margin_rad, 0.0 <= margin_rad < math.pi, "an angular margin in [0, pi) radians")
         self._init_margins(margin_rad, margin_std, plus, plus_order, seed)
 
@@ -85,8 +87,10 @@ class ElasticCosFace(_ElasticMargin):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_cos: float = 0.35,
                  margin_std: float = 0.05, plus: bool = False, plus_order: str = "authors", seed: int = 0,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
+                 margin_grad: str = "autograd", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("margin_cos", margin_cos, margin_cos >= 0.0, "a non-negative cosine margin")
         self._init_margins(margin_cos, margin_std, plus, plus_order, seed)
 

@@ -39,8 +39,10 @@ class IELoss(SoftmaxWithCenters):
 
     def __init__(self, embedding_size: int, num_classes: int, lambda_ie: float = 1.0, tau: float = 1.0,
                  alpha: float = 0.5, projection: str = "exp_neg", smooth: str = "softplus",
-                 normalize_features: bool = True, center_lr: float | None = None, sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, center_lr, normalize_features, sample_rate)
+                 normalize_features: bool = True, center_lr: float | None = None, sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, center_lr, normalize_features, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("lambda_ie", lambda_ie, lambda_ie >= 0.0, "a non-negative weight")
         check_option("tau", tau, tau > 0.0, "a positive temperature")
         check_option("alpha", alpha, alpha >= 0.0, "a non-negative margin")
@@ -49,12 +51,24 @@ class IELoss(SoftmaxWithCenters):
         self.lambda_ie, self.tau, self.alpha = float(lambda_ie), float(tau), float(alpha)
         self.projection, self.smooth = projection, smooth
 
+    def similarity(self, d: torch.Tensor) -> torch.Tensor:
+        """k_ij from the squared distances: exp(-d/tau) (``exp_neg``) or -d (``identity``)."""
+        return torch.exp(-d / self.tau) if self.projection == "exp_neg" else -d
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        ce, d, local_target, _ = self.softmax_and_distances(embeddings, labels)
-        k = torch.exp(-d / self.tau) if self.projection == "exp_neg" else -d
-        k_own = target_values(k, local_target)  # (N,), replicated
-        others_sum = D.all_reduce_replicated(k.sum(dim=1), "sum") - k_own
-        num_classes = D.all_reduce_replicated(torch.tensor(float(d.shape[1]), dtype=d.dtype, device=d.device), "sum")
+        ce, centers, local_target, x_all, chunk = self.softmax_and_centers(embeddings, labels)
+        k_own = target_values(self.similarity(self.own_distances(x_all, centers, local_target)).unsqueeze(1),
+                              torch.where(local_target >= 0, 0, -1))  # (N,), replicated
+        if chunk is None:
+            k_sum = self.similarity(self.distances(x_all, centers)).sum(dim=1)
+        else:
+            from frtrain.heads.chunked import chunked_reduce
+
+            k_sum = chunked_reduce(lambda xs, parts, start: self.similarity(self.distances(xs[0], parts[0])),
+                                   [x_all], [centers], chunk, "sum")
+        others_sum = D.all_reduce_replicated(k_sum, "sum") - k_own
+        count = torch.tensor(float(centers.shape[0]), dtype=x_all.dtype, device=x_all.device)
+        num_classes = D.all_reduce_replicated(count, "sum")
         z = others_sum / (num_classes - 1.0) - k_own + self.alpha
         ie = F.softplus(z) if self.smooth == "softplus" else F.relu(z)
         self.stats = {"ie": ie.detach().mean()}

@@ -49,8 +49,10 @@ class IntraLoss(MarginSoftmax):
 
     def __init__(self, embedding_size: int, num_classes: int, base: Margin | None = None,
                  scale: float | str = "auto", lambda_intra: float = 1.0, region: str = "above_class_mean",
-                 margin_grad: str = "autograd", sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
+                 margin_grad: str = "autograd", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         self.base = check_base(base, (ArcMargin, CosMargin), "IntraLoss")
         check_option("lambda_intra", lambda_intra, lambda_intra >= 0.0, "a non-negative weight")
         check_option("region", region, region in ("above_class_mean", "all"), "'above_class_mean' or 'all'")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from frtrain import distributed as D
 from frtrain.heads.center import SoftmaxWithCenters
-from frtrain.heads.class_vectors import check_option, owned_values, target_values
+from frtrain.heads.class_vectors import check_option, normalized, target_values
 
 
 class MarginLoss(SoftmaxWithCenters):
@@ -39,32 +39,62 @@ class MarginLoss(SoftmaxWithCenters):
 
     def __init__(self, embedding_size: int, num_classes: int, margin_sqdist: float = 1.0, lambda_m: float = 1.0,
                  reduce: str = "hard_mean", normalize_features: bool = True, center_lr: float | None = None,
-                 sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, center_lr, normalize_features, sample_rate)
+                 sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, center_lr, normalize_features, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("margin_sqdist", margin_sqdist, margin_sqdist >= 0.0, "a non-negative distance margin")
         check_option("lambda_m", lambda_m, lambda_m >= 0.0, "a non-negative weight")
         check_option("reduce", reduce, reduce in ("hard_mean", "all_mean", "nearest"), "'hard_mean', 'all_mean' or 'nearest'")
         self.margin_sqdist, self.lambda_m, self.reduce = float(margin_sqdist), float(lambda_m), reduce
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        ce, d, local_target, _ = self.softmax_and_distances(embeddings, labels)
-        rows = torch.nonzero(local_target >= 0).squeeze(1)
-        # every rank compares the own-centre distance with its own centres: summing backward
-        d_own = D.all_reduce_shared(owned_values(d, local_target))
+        from frtrain.heads.chunked import chunked_reduce, chunked_topk, target_mask
+
+        ce, centers, local_target, x_all, chunk = self.softmax_and_centers(embeddings, labels)
+        own_local = self.own_distances(x_all, centers, local_target)
         if self.reduce == "nearest":
-            others = d.index_put((rows, local_target[rows]), torch.full_like(rows, float("inf"), dtype=d.dtype))
-            nearest = D.all_gather_replicated(others.min(dim=1, keepdim=True).values, dim=1).min(dim=1).values
-            term = F.relu(target_values(d, local_target) - nearest + self.margin_sqdist)
+            def others(xs, parts, start):  # distances with the own centre at +inf
+                d = self.distances(xs[0], parts[0])
+                return d.masked_fill(target_mask(local_target, start, d.shape[1]), float("inf"))
+
+            if chunk is None:
+                nearest_local = others([x_all], [centers], 0).min(dim=1, keepdim=True).values
+            else:  # find the nearest other centre chunk by chunk, then its distance with autograd
+                _, col = chunked_topk(others, [x_all], [centers], chunk, 1, largest=False)
+                nearest_local = self.distances_to(x_all, centers[col[:, 0]]).unsqueeze(1)
+            nearest = D.all_gather_replicated(nearest_local, dim=1).min(dim=1).values
+            d_own = target_values(own_local.unsqueeze(1), torch.where(local_target >= 0, 0, -1))
+            term = F.relu(d_own - nearest + self.margin_sqdist)
         else:
-            own_column = torch.zeros_like(d, dtype=torch.bool).index_put((rows, local_target[rows]), torch.ones_like(rows, dtype=torch.bool))
-            v = F.relu(d_own.unsqueeze(1) - d + self.margin_sqdist).masked_fill(own_column, 0.0)
-            total = D.all_reduce_replicated(v.sum(dim=1), "sum")
-            if self.reduce == "hard_mean":
-                count = D.all_reduce_replicated((v.detach() > 0).sum(dim=1).to(d.dtype), "sum")
-                term = total / count.clamp_min(1.0)
+            # every rank compares the own-centre distance with its own centres: summing backward
+            d_own = D.all_reduce_shared(own_local)
+
+            def violations(xs, parts, start):  # v_ij = [d_own - d_ij + m]_+, 0 at the own centre
+                d = self.distances(xs[0], parts[0])
+                v = F.relu(xs[1].unsqueeze(1) - d + self.margin_sqdist)
+                return v.masked_fill(target_mask(local_target, start, d.shape[1]), 0.0)
+
+            if chunk is None:
+                v = violations([x_all, d_own], [centers], 0)
+                total, hard = v.sum(dim=1), (v.detach() > 0).sum(dim=1).to(x_all.dtype)
             else:
-                num_classes = D.all_reduce_replicated(torch.tensor(float(d.shape[1]), dtype=d.dtype, device=d.device), "sum")
-                term = total / (num_classes - 1.0)
+                total = chunked_reduce(violations, [x_all, d_own], [centers], chunk, "sum")
+                with torch.no_grad():
+                    hard = chunked_reduce(lambda xs, p, s: (violations(xs, p, s) > 0).to(xs[0].dtype),
+                                          [x_all.detach(), d_own.detach()], [centers.detach()], chunk, "sum")
+            total = D.all_reduce_replicated(total, "sum")
+            if self.reduce == "hard_mean":
+                term = total / D.all_reduce_replicated(hard, "sum").clamp_min(1.0)
+            else:
+                count = torch.tensor(float(centers.shape[0]), dtype=x_all.dtype, device=x_all.device)
+                term = total / (D.all_reduce_replicated(count, "sum") - 1.0)
         self.stats = {"margin_term": term.detach().mean()}
         return (ce + self.lambda_m * term).mean()
 
+    def distances_to(self, x_all: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """(N,) the distance of each sample to its own row of ``centers`` (N, d)."""
+        c = centers.to(x_all.dtype)
+        if self.normalize_features:
+            return (2.0 - 2.0 * (normalized(x_all) * normalized(c)).sum(dim=1)).clamp_min(0.0)
+        return (x_all - c).square().sum(dim=1)

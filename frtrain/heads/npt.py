@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from frtrain import distributed as D
-from frtrain.heads.class_vectors import Head, check_option, class_cosines, target_values
+from frtrain.heads.class_vectors import Head, check_option, class_cosines, normalized, target_values
 
 
 def nearest_negative_cosines(cos: torch.Tensor, local_target: torch.Tensor, k: int, target_fill: str) -> torch.Tensor:
@@ -55,8 +55,10 @@ class NPTLoss(Head):
     """
 
     def __init__(self, embedding_size: int, num_classes: int, k: int = 1, delta: float = 0.5, radius: float = 1.0,
-                 target_fill: str = "neg_inf", sample_rate: float = 1.0):
-        super().__init__(embedding_size, num_classes, sample_rate)
+                 target_fill: str = "neg_inf", sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+        super().__init__(embedding_size, num_classes, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("k", k, 1 <= int(k) <= num_classes - 1, f"1 <= k <= num_classes - 1 = {num_classes - 1}")
         check_option("delta", delta, delta >= 0.0, "a non-negative margin")
         check_option("radius", radius, radius > 0.0, "a positive radius")
@@ -67,7 +69,37 @@ class NPTLoss(Head):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x_all, y_all = self.gather(embeddings, labels)
         index, local_target = self.select_classes(y_all)
-        cos = class_cosines(x_all, self.class_rows("weight", index, x_all.dtype))
-        loss = npt_loss(cos, local_target, self.k, self.delta, self.radius, self.target_fill)
+        rows = self.class_rows("weight", index)
+        chunk = self.chunks(x_all.shape[0], rows.shape[0])
+        if chunk is None:
+            loss = npt_loss(class_cosines(x_all, rows.to(x_all.dtype)), local_target, self.k, self.delta,
+                            self.radius, self.target_fill)
+        else:
+            loss = self.chunked_loss(x_all, rows, local_target, chunk)
         self.stats = {"active_fraction": (loss.detach() > 0).float().mean()}
         return loss.mean()
+
+    def chunked_loss(self, x_all: torch.Tensor, rows: torch.Tensor, local_target: torch.Tensor, chunk: int):
+        """The NPT loss (N,) with each rank's k nearest negatives found chunk by chunk (no gradient), then only those
+        k cosines recomputed with autograd: (N, k, d) instead of an N x K matrix."""
+        from frtrain.heads.chunked import chunked_topk, target_mask
+
+        fill = float("-inf") if self.target_fill == "neg_inf" else 0.0
+        xn = normalized(x_all)
+
+        def cosines(xs, parts, start):
+            w = parts[0].to(xs[0].dtype)
+            cos = F.linear(xs[0], w) / w.norm(dim=1).clamp_min(1e-12)
+            return cos.masked_fill(target_mask(local_target, start, w.shape[0]), fill)
+
+        _, cols = chunked_topk(cosines, [xn], [rows], chunk, min(self.k, rows.shape[0]))
+        picked = normalized(rows[cols].to(x_all.dtype).flatten(0, 1)).view(*cols.shape, -1)  # (N, k, d)
+        top = (xn.unsqueeze(1) * picked).sum(dim=2)
+        is_target = cols == local_target.unsqueeze(1)
+        top = torch.where(is_target, torch.full_like(top, fill), top)  # target_fill=zero: the authors' constant 0
+        if D.is_distributed():
+            top = D.all_gather_replicated(top, dim=1)
+            top = top.topk(min(self.k, top.shape[1]), dim=1).values
+        w_t = rows[local_target.clamp(min=0)].to(x_all.dtype)
+        cos_t = target_values(((xn * normalized(w_t)).sum(dim=1)).unsqueeze(1), torch.where(local_target >= 0, 0, -1))
+        return 2.0 * self.radius**2 * F.relu(top - cos_t.unsqueeze(1) + self.delta).sum(dim=1)

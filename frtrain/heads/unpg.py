@@ -82,10 +82,12 @@ class UNPG(MarginSoftmax):
 
     def __init__(self, embedding_size: int, num_classes: int, base: Margin | None = None,
                  scale: float | str = "auto", r: float = 1.5, margin_grad: str = "autograd",
-                 sample_rate: float = 1.0):
+                 sample_rate: float = 1.0,
+                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
         from frtrain.heads.margins import CosMargin, MagFaceMargin
 
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate)
+        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
+                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
         check_option("r", r, r >= 0.0, "a non-negative whisker length")
         self.base = check_base(base, (ArcMargin, CosMargin, MagFaceMargin), "UNPG")
         self.r = float(r)
