@@ -7,6 +7,13 @@ For each model: ``decode`` (every distinct image decoded and resized once, in Da
 model) and ``score`` (the whole frtrain-eval path: decode in workers while the model embeds the images and
 their flips under torch.inference_mode, then the 10-fold protocol). Median of ``--repeats`` runs. Weights are
 random: throughput does not depend on them. Writes docs/bench_eval.json and a section of docs/benchmarks.md.
+
+    python scripts/bench_eval.py --lfw $LFW --sets 10 --models iresnet18 --forward-batch 8 16 32 auto --memory
+
+``--forward-batch`` scores with each number of images per forward pass (``eval.batch_size``; ``auto`` chooses it
+from ``eval.memory_budget_mb``, 300 MiB); ``--memory`` runs each score in a fresh child process and reports its
+peak resident memory above what it held before scoring (model and image list loaded; the decoding workers are
+separate processes and not counted).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BEGIN, END = "<!-- bench_eval:begin -->", "<!-- bench_eval:end -->"
-MODELS = {"iresnet_tiny": {}, "mobilefacenet": {}, "iresnet18": {}}
+MODELS = {"iresnet_tiny": {}, "mobilefacenet": {}, "iresnet18": {}, "iresnet50": {}}
 
 
 def build_backbone(name: str):
@@ -42,18 +49,70 @@ def benchmark(args):
     from frtrain.data.synthetic import synthetic_verification_bin
 
     if args.lfw:
-        return lfw_benchmark(args.lfw, name="lfw"), f"LFW pairs.txt layout ({args.lfw})"
+        sets = f", sets {args.sets}" if args.sets else ""
+        return lfw_benchmark(args.lfw, name="lfw", sets=args.sets), f"LFW pairs.txt layout ($LFW{sets})"
     cache = os.environ.get("FRTRAIN_CACHE") or os.path.join(tempfile.gettempdir(), "frtrain-bench-cache")
-    path = synthetic_verification_bin(cache, num_identities=1000, images_per_identity=8, num_pairs=6000,
-                                      image_size=112, seed=0)
-    return bin_benchmark(str(path), name="synthetic6000"), "synthetic .bin, 112x112 JPEG"
+    pairs = getattr(args, "synthetic_pairs", 6000)
+    path = synthetic_verification_bin(cache, num_identities=max(20, pairs // 6), images_per_identity=8,
+                                      num_pairs=pairs, image_size=112, seed=0)
+    return bin_benchmark(str(path), name=f"synthetic{pairs}"), f"synthetic .bin of {pairs:,} pairs, 112x112 JPEG"
 
 
-def measure(bench, model_name: str, device: str, workers: int, repeats: int, batch: int) -> list[dict]:
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def score_memory(args, model_name: str, forward_batch) -> dict:
+    """In a fresh child process: peak RSS growth of one score of the benchmark, and its images/s."""
+    import subprocess
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    cmd = [sys.executable, __file__, "--worker", model_name, str(forward_batch), str(args.workers)]
+    cmd += (["--lfw", args.lfw] if args.lfw else []) + (["--sets", *map(str, args.sets)] if args.sets else [])
+    cmd += ["--synthetic-pairs", str(args.synthetic_pairs)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_eval: the memory run of {model_name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_worker(argv) -> None:
+    import torch
+
+    from frtrain.evaluation.verify import Verifier
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("forward_batch")
+    ap.add_argument("workers", type=int)
+    ap.add_argument("--lfw")
+    ap.add_argument("--sets", type=int, nargs="*")
+    ap.add_argument("--synthetic-pairs", type=int, default=6000)
+    args = ap.parse_args(argv)
+    bench, _ = benchmark(args)
+    backbone = build_backbone(args.model)
+    batch = args.forward_batch if args.forward_batch == "auto" else int(args.forward_batch)
+    verifier = Verifier([bench], backbone.input_size, backbone.mean, backbone.std, batch_size=batch,
+                        num_workers=args.workers, cache_images=False)
+    chosen = verifier.forward_batch(torch.device("cpu"), backbone)
+    before = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    t = time.perf_counter()
+    acc = verifier.score(backbone, bench, torch.device("cpu")).accuracy
+    seconds = time.perf_counter() - t
+    print(json.dumps({"model": args.model, "forward_batch": args.forward_batch, "images_per_forward": chosen,
+                      "peak_growth_bytes": (_rss_kib("VmHWM") - before) * 1024, "rss_before_bytes": before * 1024,
+                      "seconds": seconds, "images_per_s": bench.num_images / seconds, "accuracy": acc}))
+
+
+def measure(bench, model_name: str, device: str, workers: int, repeats: int, batch) -> list[dict]:
     import torch
 
     from frtrain.evaluation.embed import decode_all
-    from frtrain.evaluation.verify import Verifier, _Resized
+    from frtrain.evaluation.verify import DECODE_BATCH, Verifier, _Resized
 
     backbone = build_backbone(model_name).to(device)
     verifier = Verifier([bench], backbone.input_size, backbone.mean, backbone.std, batch_size=batch,
@@ -62,7 +121,7 @@ def measure(bench, model_name: str, device: str, workers: int, repeats: int, bat
     decode = []
     for _ in range(repeats):
         t = time.perf_counter()
-        decode_all(_Resized(bench.load, verifier.input_size), bench.num_images, batch, workers)
+        decode_all(_Resized(bench.load, verifier.input_size), bench.num_images, DECODE_BATCH, workers)
         decode.append(time.perf_counter() - t)
     score, acc = [], None
     for _ in range(repeats):
@@ -75,6 +134,7 @@ def measure(bench, model_name: str, device: str, workers: int, repeats: int, bat
         s = statistics.median(times)
         rows.append({"model": model_name, "input": f"{verifier.input_size[0]}x{verifier.input_size[1]}",
                      "device": device, "workers": workers, "stage": stage, "seconds": s,
+                     "forward_batch": str(batch), "images_per_forward": verifier.forward_batch(torch.device(device), backbone),
                      "pairs_per_s": bench.num_pairs / s, "images_per_s": bench.num_images / s,
                      "times": times, **({"accuracy": acc} if stage == "score" else {})})
     return rows
@@ -84,13 +144,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [BEGIN, "## Evaluator throughput (scripts/bench_eval.py)", "",
              f"On {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads; "
              f"{meta['benchmark']}: {meta['pairs']} pairs, {meta['images']} distinct images (each decoded once; "
-             "`score` embeds each image and its flip, 32 images per forward pass on CPU). Median of the runs "
+             "`score` embeds each image and its flip, `per forward` images at a time). Median of the runs "
              "given. Random weights. Each row's command is in docs/bench_eval.json.", "",
-             "| model | input | device | workers | stage | runs | seconds | pairs/s | images/s |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|"]
+             "| model | input | device | workers | stage | per forward | runs | seconds | pairs/s | images/s |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['input']} | {r['device']} | {r['workers']} | {r['stage']} | "
+        per = "" if r["stage"] == "decode" else f"{r.get('forward_batch', '32')}" + (
+            f" ({r['images_per_forward']})" if r.get("forward_batch") == "auto" else "")
+        lines.append(f"| {r['model']} | {r['input']} | {r['device']} | {r['workers']} | {r['stage']} | {per} | "
                      f"{len(r['times'])} | {r['seconds']:.1f} | {r['pairs_per_s']:.1f} | {r['images_per_s']:.1f} |")
+    memory = meta.get("memory") or []
+    if memory:
+        base = next((m for m in memory if m["forward_batch"] == "32"), memory[0])
+        lines += ["", f"Peak memory of one score, each in a fresh process (`{meta.get('memory_command', meta['command'])}`): resident memory above "
+                      "what the process held before scoring (model and image list loaded); ratios against 32 images "
+                      "per forward (the fixed CPU batch before `eval.batch_size` was honoured), same run.", "",
+                  "| model | images per forward | peak growth MiB | images/s | speed vs 32 |", "|---|---:|---:|---:|---:|"]
+        for m in memory:
+            label = m["forward_batch"] + (f" = {m['images_per_forward']}" if m["forward_batch"] == "auto" else "")
+            lines.append(f"| {m['model']} | {label} | {m['peak_growth_bytes'] / 2**20:.0f} | {m['images_per_s']:.1f} | "
+                         f"{m['images_per_s'] / base['images_per_s']:.2f}x |")
     if "cuda" not in {r["device"] for r in rows}:
         lines += ["", "CUDA: not measured (no GPU on the machine that ran this)."]
     lines.append(END)
@@ -108,7 +181,10 @@ def main(argv=None) -> None:
     ap.add_argument("--lfw", help="real LFW directory (pairs.txt layout); default: a synthetic 6,000-pair .bin")
     ap.add_argument("--models", nargs="+", default=["iresnet_tiny", "mobilefacenet"], choices=sorted(MODELS))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--forward-batch", nargs="+", default=["auto"], help="images per forward pass: numbers or auto")
+    ap.add_argument("--sets", type=int, nargs="*", help="LFW pairs sets to score (default: all)")
+    ap.add_argument("--synthetic-pairs", type=int, default=6000, help="pairs of the synthetic .bin (without --lfw)")
+    ap.add_argument("--memory", action="store_true", help="peak memory of each score, in a child process")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--devices", nargs="+", default=None)
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench_eval.json")
@@ -120,18 +196,27 @@ def main(argv=None) -> None:
     bench, described = benchmark(args)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     rows = []
+    memory = []
     for device in devices:
         for m in args.models:
-            rows += measure(bench, m, device, args.workers, args.repeats, args.batch)
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "times"}), flush=True)
+            for fb in args.forward_batch:
+                fb = fb if fb == "auto" else int(fb)
+                if args.memory and device == "cpu":
+                    memory.append(score_memory(args, m, fb))
+                    print(json.dumps(memory[-1]), flush=True)
+                else:
+                    rows += measure(bench, m, device, args.workers, args.repeats, fb)
+                    print(json.dumps({k: v for k, v in rows[-1].items() if k != "times"}), flush=True)
     meta = {"command": "python scripts/bench_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": f"{platform.machine()} {os.cpu_count()} cores"
                        + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "benchmark": described,
-            "pairs": bench.num_pairs, "images": bench.num_images, "repeats": args.repeats}
+            "pairs": bench.num_pairs, "images": bench.num_images, "repeats": args.repeats, "memory": memory}
     if args.json.is_file():  # keep earlier rows of the models/devices not measured now (same benchmark)
         old = json.loads(args.json.read_text())
-        if old["meta"]["benchmark"] == meta["benchmark"]:
+        if not memory:
+            meta["memory"] = old["meta"].get("memory", [])
+        if old["meta"]["benchmark"] == meta["benchmark"] or memory:
             done = {(r["model"], r["device"]) for r in rows}
             rows = [r for r in old["rows"] if (r["model"], r["device"]) not in done] + rows
     for r in rows:
@@ -142,4 +227,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        memory_worker(sys.argv[2:])
+    else:
+        main()

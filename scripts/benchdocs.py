@@ -29,6 +29,8 @@ def run_record(script: str, argv, args=None, rows=None, **extra) -> dict:
     record = {"command": f"python scripts/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
               "torch": torch.__version__}
+    if torch.cuda.is_available():
+        record["machine"] += f", {torch.cuda.get_device_name()}"
     if args is not None:
         record["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                           if not k.startswith("out")}
