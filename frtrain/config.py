@@ -20,7 +20,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -84,6 +84,7 @@ class EvalConfig:
     thresholds: str = "grid"
     threads: Union[int, str] = "auto"
     memory_budget_mb: int = 300
+    final_only: List[str] = field(default_factory=list)  # benchmark names scored only after the last step
     benchmarks: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -376,6 +377,10 @@ def validate_train(cfg: DictConfig) -> None:
     _require(isinstance(cfg.get("seed"), int), "seed", cfg.get("seed"), "an integer")
     validate_trainer(cfg.trainer)
     validate_eval(cfg.eval)
+    unknown = [n for n in cfg.eval.get("final_only") or [] if n not in benchmark_nodes(cfg)]
+    if unknown:
+        raise ConfigError(f"eval.final_only: {', '.join(unknown)} is not a benchmark of this run "
+                          f"(benchmarks: {', '.join(benchmark_nodes(cfg)) or 'none'})")
     validate_loader(cfg.data.loader)
     backbone = dry_build("backbone", cfg.backbone)
     dry_build("head", cfg.head, embedding_size=int(backbone.embedding_size), num_classes=1_000_000)

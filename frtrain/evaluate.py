@@ -40,6 +40,8 @@ def evaluate(cfg: DictConfig) -> dict:
     onnx = path.endswith(".onnx")
     device = resolve_device("cpu" if onnx else str(cfg.device))
     verifier = Verifier.from_config(cfg, model, cache_images=False)
+    stat = os.stat(path)
+    verifier.model_key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"  # IJB embeddings resume for the same file
     results = verifier.run(model.to(device), device, resolve_precision(str(cfg.precision), device), progress=True)
     record = {"backbone": (meta.get("backbone") or {}).get("_target_"),
               "config": {"eval": OmegaConf.to_container(cfg.eval, resolve=True),

@@ -4,8 +4,11 @@
     frtrain-export model=best.pt out=face.onnx               # ONNX, dynamic batch, checked with onnxruntime
     frtrain-export model=best.pt format=insightface fp16=true out=backbone.pth   # insightface's backbone.pth
 
+    frtrain-export model=best.pt threshold.report=runs/eval/<date>/<time> threshold.benchmark=lfw threshold.far=1e-3
+
 ONNX: one input ``images`` (B, 3, H, W) float32, normalised as the checkpoint's meta says (the export's
-metadata ``frtrain_meta`` records input size, mean, std and the backbone), one output ``embeddings``
+metadata ``frtrain_meta`` records input size, mean, std, the backbone and, with ``threshold.report``, the cosine
+threshold at a false accept rate that a frtrain-eval report states), one output ``embeddings``
 (B, d), un-normalised. After writing, the export is run by onnxruntime on random images and compared
 with PyTorch: the largest difference of the L2-normalised embeddings is printed and must be <= ``tolerance``.
 """
@@ -44,10 +47,24 @@ def export_onnx(backbone: torch.nn.Module, meta: dict, out: str, opset: int = 18
     model = onnx.load(out)
     record = {"input_size": list(backbone.input_size), "mean": list(backbone.mean), "std": list(backbone.std),
               "embedding_size": int(backbone.embedding_size), "backbone": meta.get("backbone")}
+    if meta.get("threshold"):
+        record["threshold"] = meta["threshold"]
     entry = model.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(record)
     onnx.save(model, out)
     return out
+
+
+def write_threshold_to_checkpoint(path: str, threshold: dict) -> None:
+    """Record the threshold in a frtrain checkpoint's ``meta`` (rewritten atomically); other files are left alone."""
+    from frtrain.engine import checkpoint as ckpt_io
+
+    obj = ckpt_io.load_file(path)
+    if isinstance(obj, dict) and obj.get("format") == ckpt_io.FORMAT:
+        obj["meta"] = dict(obj.get("meta") or {}, threshold=threshold)
+        ckpt_io.save_atomic(obj, path)
+        print(f"{path}: threshold {threshold['cosine']:.4f} (FAR {threshold['far']:g} on {threshold['benchmark']}) "
+              "recorded", flush=True)
 
 
 def _forward_arg(module: torch.nn.Module) -> str:
@@ -68,12 +85,41 @@ def onnx_parity(backbone: torch.nn.Module, path: str, batch_size: int = 4, seed:
     return float((ref - got).abs().max())
 
 
+def read_threshold(source: str, benchmark: str | None, far: float) -> dict:
+    """The cosine threshold at ``far`` that a ``frtrain-eval`` report (its report.json, or the run directory holding
+    it) states for ``benchmark`` (the only one when None): ``{cosine, far, benchmark, impostors, reliable, source}``."""
+    import json
+
+    path = os.path.join(source, "report.json") if os.path.isdir(source) else source
+    if not os.path.isfile(path):
+        raise ConfigError(f"threshold.report={source}: no report.json there (write one with frtrain-eval)")
+    with open(path) as f:
+        results = json.load(f).get("results", {})
+    names = [n for n, r in results.items() if r.get("far_thresholds")]
+    if benchmark is None:
+        if len(names) != 1:
+            raise ConfigError(f"{path}: scores {names}; say which with threshold.benchmark=<name>")
+        benchmark = names[0]
+    if benchmark not in names:
+        raise ConfigError(f"threshold.benchmark={benchmark!r}: {path} has thresholds for {names}")
+    entry = results[benchmark]["far_thresholds"].get(f"{far:g}")
+    if entry is None:
+        raise ConfigError(f"threshold.far={far:g}: {path} states FARs {sorted(results[benchmark]['far_thresholds'])}")
+    return {"cosine": float(entry["cosine"]), "far": far, "benchmark": benchmark, "impostors": int(entry["impostors"]),
+            "reliable": bool(entry["reliable"]), "source": os.path.abspath(path)}
+
+
 def export(cfg: DictConfig) -> str:
-    """Export ``cfg.model`` in ``cfg.format``; returns the written path."""
+    """Export ``cfg.model`` in ``cfg.format``; returns the written path. With ``threshold.report`` the cosine threshold
+    at ``threshold.far`` from that frtrain-eval report goes into the ONNX metadata and the checkpoint's record."""
     path = resolve_checkpoint(cfg.model)
     if path.endswith(".onnx"):
         raise ConfigError(f"model={path}: already an ONNX file; export takes a frtrain checkpoint")
     backbone, meta = load_model(path, cfg.get("backbone"))
+    t = cfg.get("threshold") or {}
+    if t.get("report"):
+        meta = dict(meta, threshold=read_threshold(str(t.report), t.get("benchmark"), float(t.get("far", 1e-3))))
+        write_threshold_to_checkpoint(path, meta["threshold"])
     fmt = str(cfg.format)
     stem = os.path.splitext(path)[0]
     if fmt == "onnx":

@@ -77,12 +77,13 @@ def train(cfg: DictConfig) -> dict:
 
     trainer = Trainer(backbone, head, dataset, sampler, loader, optimizer, scheduler, verifier, opts, out_dir, meta,
                       total_steps, steps_per_epoch, seed=cfg.seed, eval_every=cfg.eval.every_steps,
-                      eval_at_start=cfg.eval.at_start, select=cfg.eval.select, device=device)
+                      eval_at_start=cfg.eval.at_start, select=cfg.eval.select,
+                      final_only=tuple(cfg.eval.get("final_only") or ()), device=device)
     trainer.restore()
     results = trainer.fit()
     if D.is_main():
         for name, r in results.items():
-            print(f"verification on {name}: accuracy {100 * r.accuracy:.2f}% ± {100 * r.accuracy_std:.2f} "
+            print(f"verification on {name}: {r.headline()} "
                   f"(best {100 * trainer.state.best_score:.2f}% at step {trainer.state.best_step}); "
                   f"checkpoints in {trainer.ckpt_dir}", flush=True)
     return {name: r.to_dict() for name, r in results.items()}

@@ -31,20 +31,20 @@ PAPERS = {
                               benchmarks={"lfw", "agedb_30", "cfp_fp", "calfw"}, data="casia-webface"),
     "arcface_ms1mv2_r100": dict(depth=100, head="ArcFace", hyper={"scale": 64.0, "m2": 0.5}, batch=512,
                                 sched="WarmupCosine", sched_args={}, epochs=20, lr=0.1,
-                                benchmarks={"lfw", "cfp_fp", "agedb_30"}, data="faces_emore"),
+                                benchmarks={"lfw", "cfp_fp", "agedb_30", "ijbc"}, data="faces_emore"),
     "cosface_ms1mv2_r100": dict(depth=100, head="CosFace", hyper={"scale": 64.0, "m3": 0.5}, batch=512,
                                 sched="WarmupCosine", sched_args={}, epochs=20, lr=0.1,
-                                benchmarks={"lfw", "cfp_fp", "agedb_30"}, data="faces_emore"),
+                                benchmarks={"lfw", "cfp_fp", "agedb_30", "ijbc"}, data="faces_emore"),
     "unpg_ms1mv2_r100_arcface": dict(depth=100, head="UNPG", hyper={"scale": 64.0, "r": 1.5}, base=("ArcMargin", 0.5),
                                      batch=512, sched="WarmupCosine", sched_args={}, epochs=20, lr=0.1,
-                                     benchmarks={"lfw", "cfp_fp", "agedb_30"}, data="faces_emore"),
+                                     benchmarks={"lfw", "cfp_fp", "agedb_30", "ijbc"}, data="faces_emore"),
     "unpg_ms1mv2_r100_cosface": dict(depth=100, head="UNPG", hyper={"scale": 64.0, "r": 1.5}, base=("CosMargin", 0.5),
                                      batch=512, sched="WarmupCosine", sched_args={}, epochs=20, lr=0.1,
-                                     benchmarks={"lfw", "cfp_fp", "agedb_30"}, data="faces_emore"),
+                                     benchmarks={"lfw", "cfp_fp", "agedb_30", "ijbc"}, data="faces_emore"),
     "adaface_ms1mv2_r100": dict(depth=100, head="AdaFace", hyper={"scale": 64.0, "margin": 0.4, "h": 0.333,
                                                                   "momentum": 0.01}, batch=512, sched="WarmupStep",
                                 sched_args={"milestones": [12, 20, 24], "gamma": 0.1}, epochs=26, lr=0.1,
-                                benchmarks={"lfw", "cfp_fp", "agedb_30", "cplfw"}, data="faces_emore",
+                                benchmarks={"lfw", "cfp_fp", "agedb_30", "cplfw", "ijbb", "ijbc"}, data="faces_emore",
                                 augment=["crop", "low_resolution", "photometric", "flip"]),
     "curricularface_ms1mv2_r100": dict(depth=100, head="CurricularFace", hyper={"scale": 64.0, "margin_rad": 0.5},
                                        batch=512, sched="WarmupStep", sched_args={"milestones": [10, 18, 22],
@@ -84,7 +84,14 @@ def test_experiment_composes_to_the_papers_setting(name):
         assert schedule.milestone_steps == [m * 10 for m in want["sched_args"]["milestones"]]
         assert schedule.gamma == want["sched_args"]["gamma"]
     assert set(cfg.eval.benchmarks) == want["benchmarks"]
-    assert all(b.path == f"/data/{want['data']}/{n}.bin" for n, b in cfg.eval.benchmarks.items())
+    ijb = {n for n in cfg.eval.benchmarks if n.startswith("ijb")}
+    assert all(b.path == f"/data/{want['data']}/{n}.bin" for n, b in cfg.eval.benchmarks.items() if n not in ijb)
+    for n in ijb:  # template protocols: insightface's IJB release, scored once at the end
+        node = cfg.eval.benchmarks[n]
+        assert node.protocol == n and node.root == f"/data/IJB_release/{n.upper()}"
+    assert set(cfg.eval.final_only) == ijb
+    reported_ijb = {k.split("_tar_at_far_")[0] for k in cfg.paper.reported if "_tar_at_far_" in k}
+    assert reported_ijb == ijb
     assert set(cfg.paper.reported) and cfg.paper.table
     assert list(cfg.data.augment) == want.get("augment", ["flip"])
 
@@ -117,7 +124,23 @@ def test_reproduce_runs_an_experiment_and_writes_reported_next_to_reproduced(tmp
 def test_reproduce_says_not_run_and_names_unknown_experiments(tmp_path):
     out = tmp_path / "r.md"
     rows = reproduce.main(["unpg_ms1mv2_r100_arcface", "--runs-dir", str(tmp_path), "--out", str(out)])
-    assert rows[0]["reproduced"]["lfw"] == "not run" and rows[0]["reproduced"]["ijbc_tar_at_far_1e-4"] == "no protocol"
-    assert "| 96.33 | no protocol |" in out.read_text()
+    assert rows[0]["reproduced"]["lfw"] == "not run" and rows[0]["reproduced"]["ijbc_tar_at_far_1e-4"] == "not run"
+    assert "| 96.33 | not run |" in out.read_text()
+    # the IJB-C column is the reported key's; the evaluated benchmark ijbc gets no second column
+    assert "ijbc_tar_at_far_1e-4 reported" in out.read_text() and "| ijbc reported" not in out.read_text()
     with pytest.raises(SystemExit, match="no experiment npt_casia_r5 in .*there are: adaface_ms1mv2_r100, arcface_casia_r50"):
         reproduce.main(["npt_casia_r5", "--out", str(out)])
+
+
+def test_reproduce_reads_tar_at_far_of_a_template_benchmark(tmp_path):
+    """An IJB-C cell is the run's TAR at the reported FAR (insightface's rule), not its headline accuracy."""
+    run = tmp_path / "arcface_ms1mv2_r100"
+    run.mkdir()
+    final = {"lfw": {"accuracy": 0.99817},
+             "ijbc": {"accuracy": 0.9631, "tar_at_far": {"1e-05": 0.9412, "0.0001": 0.96312, "0.001": 0.9733}}}
+    (run / "results.json").write_text(json.dumps({"final": final, "steps": 10, "train_seconds": 7200}))
+    rows = reproduce.main(["arcface_ms1mv2_r100", "--runs-dir", str(tmp_path), "--out", str(tmp_path / "r.md")])
+    assert rows[0]["reproduced"]["ijbc_tar_at_far_1e-4"] == 96.31
+    assert rows[0]["reproduced"]["lfw"] == 99.82
+    assert rows[0]["reproduced"]["cfp_fp"] == "not evaluated"
+    assert reproduce.metric_of("ijbb_tar_at_far_1e-5") == ("ijbb", 1e-5) and reproduce.metric_of("lfw") == ("lfw", None)

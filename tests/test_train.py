@@ -10,7 +10,7 @@ import torch
 
 from frtrain.engine.checkpoint import load_checkpoint
 from frtrain.engine.trainer import TrainingDiverged
-from frtrain.errors import CheckpointError
+from frtrain.errors import CheckpointError, ConfigError
 from frtrain.train import train
 
 from conftest import TINY_DATA, TINY_EVAL, compose_train
@@ -205,3 +205,18 @@ def test_evaluation_writes_the_roc_curve_to_tensorboard(tmp_path):
     out, _ = _run(tmp_path, "roc", ["trainer.max_steps=2", "eval.every_steps=0"] + TINY_EVAL)
     events = EventAccumulator(str(out / "tb"), size_guidance={"images": 0}).Reload()
     assert "val/synthetic/roc" in events.Tags()["images"]
+
+
+def test_final_only_benchmarks_are_scored_once_after_the_last_step(tmp_path):
+    extra = ["trainer.max_steps=4", "eval.every_steps=2", "+eval.benchmarks.late=${eval.benchmarks.synthetic}",
+             "eval.final_only=[late]"]
+    out, results = _run(tmp_path, "final_only", extra)
+    history = json.loads((out / "results.json").read_text())["history"]["eval"]
+    assert [(e["step"], e["benchmark"]) for e in history] == [(2, "synthetic"), (4, "synthetic"), (4, "late")]
+    assert set(results) == {"synthetic", "late"}
+    assert results["late"]["accuracy"] == results["synthetic"]["accuracy"]  # the same pairs, the same model
+
+
+def test_final_only_must_name_a_benchmark_of_the_run(tmp_path):
+    with pytest.raises(ConfigError, match=r"eval.final_only: ijbc is not a benchmark of this run \(benchmarks: synthetic\)"):
+        train(compose_train(TINY_DATA + TINY_EVAL + ["eval.final_only=[ijbc]", f"output_dir={tmp_path}"]))

@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -148,11 +149,13 @@ class Trainer:
         total_steps, steps_per_epoch: from :func:`schedule_length`.
         seed: of the run (re-seeding when resumed on another world size).
         eval_every, eval_at_start, select: when to score the benchmarks, and which one picks ``best.pt``.
+        final_only: names of benchmarks scored only after the last step (not during training).
     """
 
     def __init__(self, backbone, head, dataset, sampler, loader, optimizer, scheduler, verifier,
                  options: TrainerConfig, out_dir: str, meta: dict, total_steps: int, steps_per_epoch: int,
                  seed: int = 0, eval_every: int = 0, eval_at_start: bool = False, select: str | None = None,
+                 final_only: tuple[str, ...] = (),
                  device: torch.device | None = None):
         self.opts, self.out_dir, self.meta, self.seed = options, out_dir, meta, int(seed)
         self.ckpt_dir = os.path.join(out_dir, "checkpoints")
@@ -166,7 +169,10 @@ class Trainer:
         self.batches_per_epoch = self.steps_per_epoch * self.accumulate  # leftovers that cannot fill a step are skipped
         self.eval_every = int(eval_every) if verifier else 0
         self.eval_at_start = bool(eval_at_start) and verifier is not None
-        self.select = select or (verifier.benchmarks[0].name if verifier and verifier.benchmarks else None)
+        self.final_only = tuple(final_only)
+        periodic = [b.name for b in verifier.benchmarks if b.name not in self.final_only] if verifier else []
+        # best.pt follows a benchmark scored during training (all final-only: the last step's model)
+        self.select = select or (periodic[0] if periodic else None)
         self.is_main = D.is_main()
 
         if options.channels_last:
@@ -399,7 +405,7 @@ class Trainer:
                  self.total_steps, self.steps_per_epoch, self.global_batch, self.head.num_classes, len(self.dataset),
                  self.device, self.amp_dtype or "fp32")
         if self.eval_at_start and self.state.step == 0:
-            self.evaluate()
+            self.evaluate(final=False)
         self.backbone.train()
         self.head.train()
         started, batches = time.perf_counter(), self.micro_batches()
@@ -413,7 +419,7 @@ class Trainer:
                 self.end_of_step(progress, self.optimizer_step())
             progress.close()
             self.train_seconds += time.perf_counter() - started
-            results = self.evaluate()
+            results = self.evaluate(final=True)
             self.save()
             self.write_results(results)
             return results
@@ -421,17 +427,19 @@ class Trainer:
             progress.close()
             self.close()
 
-    def evaluate(self) -> dict:
-        """Score the benchmarks on rank 0, log them (scalars and ROC figures), keep ``best.pt`` for ``select``."""
+    def evaluate(self, final: bool = False) -> dict:
+        """Score the benchmarks on rank 0 (those in ``final_only`` only when ``final``), log them (scalars and
+        ROC figures), keep ``best.pt`` for ``select``."""
         if self.verifier is None:
             return {}
         results, improved = {}, False
         if self.is_main:
-            results = self.verifier.run(self.backbone, self.device, self.amp_dtype)
+            results = self.verifier.run(self.backbone, self.device, self.amp_dtype,
+                                        skip=() if final else self.final_only)
             for name, r in results.items():
                 self.log_result(name, r)
-            best = results[self.select].accuracy
-            if best > self.state.best_score:
+            best = results[self.select].accuracy if self.select in results else None
+            if best is not None and best > self.state.best_score:
                 self.state.best_score, self.state.best_step, improved = best, self.state.step, True
         if D.broadcast_object(improved):
             self.save("best.pt")
@@ -441,18 +449,14 @@ class Trainer:
         from frtrain.evaluation.report import roc_figure
 
         step = self.state.step
-        for key, value in (("accuracy", r.accuracy), ("accuracy_std", r.accuracy_std), ("auc", r.auc),
-                           ("eer", r.eer), ("threshold", r.threshold), ("xnorm", r.xnorm)):
+        for key, value in r.scalars().items():
             if value is not None:
                 self.writer.add_scalar(f"val/{name}/{key}", value, step)
-        for far, tar in r.tar_at_far.items():
-            if tar is not None:
-                self.writer.add_scalar(f"val/{name}/tar@far={far}", tar, step)
         self.writer.add_figure(f"val/{name}/roc", roc_figure(r), step)
-        log.info("step %d  %s: accuracy %.2f%% ± %.2f  auc %.4f  eer %.2f%%", step, name, 100 * r.accuracy,
-                 100 * r.accuracy_std, r.auc, 100 * r.eer)
+        log.info("step %d  %s: %s  auc %.4f", step, name, r.headline(), r.auc)
         self.history["eval"].append({"step": step, "benchmark": name, "accuracy": r.accuracy,
-                                     "accuracy_std": r.accuracy_std, "auc": r.auc, "eer": r.eer})
+                                     "accuracy_std": getattr(r, "accuracy_std", 0.0), "auc": r.auc,
+                                     "eer": getattr(r, "eer", None)})
 
     def log_step(self, progress, grad_norm: float | None) -> None:
         loss, speed = self.meter.mean_loss(), self.meter.images_per_second()
@@ -471,8 +475,9 @@ class Trainer:
             self.writer.add_scalar(f"head/{key}", float(value), step)
 
     def write_results(self, results: dict) -> None:
-        """``results.json`` in the run directory (final and best scores, history, time, corrupt images) and
-        ``corrupt_images.txt`` (every skipped file, once) when there were any."""
+        """``results.json`` in the run directory (final and best scores, history, time, corrupt images),
+        ``pairs/<benchmark>.npz`` (each pair's cosine, label, fold and outcome at the final evaluation: what
+        frtrain-compare pairs up) and ``corrupt_images.txt`` (every skipped file, once) when there were any."""
         self.corrupt.warn_new("end of training")
         gathered = D.gather_objects(self.corrupt.paths())
         if not self.is_main:
@@ -483,6 +488,10 @@ class Trainer:
                 f.write("\n".join(corrupt) + "\n")
             log.warning("%d corrupt images were skipped (listed in %s)", len(corrupt),
                         os.path.join(self.out_dir, "corrupt_images.txt"))
+        for name, r in results.items():
+            if getattr(r, "per_pair", None):
+                os.makedirs(os.path.join(self.out_dir, "pairs"), exist_ok=True)
+                np.savez(os.path.join(self.out_dir, "pairs", f"{name}.npz"), **r.per_pair)
         summary = {
             "final": {name: r.to_dict() for name, r in results.items()},
             "best": {"score": self.state.best_score, "step": self.state.best_step,

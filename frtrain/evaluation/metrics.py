@@ -137,12 +137,27 @@ class VerificationResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     roc: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    #: per-pair arrays (N,): ``score`` (cosine), ``issame``, ``fold``, ``correct`` (at its fold's threshold)
+    per_pair: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self, with_roc: bool = False) -> dict:
         d = asdict(self)
+        d.pop("per_pair")
         if not with_roc:
             d.pop("roc")
         return d
+
+    def scalars(self) -> dict[str, float]:
+        """What TensorBoard gets: the summary numbers by name."""
+        out = {"accuracy": self.accuracy, "accuracy_std": self.accuracy_std, "auc": self.auc, "eer": self.eer,
+               "threshold": self.threshold}
+        if self.xnorm is not None:
+            out["xnorm"] = self.xnorm
+        out.update({f"tar@far={k}": v for k, v in self.tar_at_far.items() if v is not None})
+        return out
+
+    def headline(self) -> str:
+        return f"accuracy {100 * self.accuracy:.2f}% ± {100 * self.accuracy_std:.2f}"
 
 
 def verification_scores(name: str, emb1: np.ndarray, emb2: np.ndarray, issame, folds: np.ndarray,
@@ -168,4 +183,14 @@ def verification_scores(name: str, emb1: np.ndarray, emb2: np.ndarray, issame, f
         auc=float(roc_auc_score(issame, score)), eer=equal_error_rate(fpr, tpr), xnorm=xnorm, notes=notes,
         num_impostors=num_neg, far_thresholds={f"{far:g}": threshold_at_far(score[~issame], far) for far in THRESHOLD_FARS},
         roc={"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+        per_pair=per_pair_outcomes(dist, issame, np.asarray(folds), chosen),
     )
+
+
+def per_pair_outcomes(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray, chosen: np.ndarray) -> dict:
+    """Each pair's cosine, label, fold and whether its fold's threshold (``chosen``, one per sorted fold value)
+    classifies it correctly: what paired comparisons of two models need (frtrain-compare)."""
+    fold_values = np.unique(folds)
+    threshold = np.asarray(chosen)[np.searchsorted(fold_values, folds)]
+    return {"score": (1.0 - dist / 2.0).astype(np.float32), "issame": issame.astype(bool),
+            "fold": folds.astype(np.int16), "correct": (dist < threshold) == issame}
