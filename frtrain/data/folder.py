@@ -102,35 +102,49 @@ def load_index(root: str, cache_dir: str | None) -> tuple[list[str], np.ndarray,
     return classes, paths, labels
 
 
-def read_identity_list(identities: str | Sequence[str]) -> tuple[list[str], str]:
-    """Names from a list or from a text file (one per line, blank lines and ``#`` comments ignored)."""
+def read_identity_list(identities, key: str = "data.identities") -> tuple[list[str], str]:
+    """Names, and where they came from, of ``identities``: a list of names, a text file (one per line, blank lines
+    and ``#`` comments ignored), or ``{lfw_pairs: PATH, sets: [...]}``: the people of those pairs sets (1-based) of
+    an LFW ``pairs.txt``."""
+    if isinstance(identities, Mapping):
+        unknown = set(identities) - {"lfw_pairs", "sets"}
+        if unknown or "lfw_pairs" not in identities or not identities.get("sets"):
+            raise ConfigError(f"{key}: expected {{lfw_pairs: <pairs.txt>, sets: [1, ...]}}, got {dict(identities)}")
+        from frtrain.evaluation.lfw import lfw_people
+
+        path = os.path.abspath(os.path.expanduser(str(identities["lfw_pairs"])))
+        sets = [int(s) for s in identities["sets"]]
+        return lfw_people(path, sets), f"{key} (people of sets {sets} of {path})"
     if isinstance(identities, str):
         path = os.path.abspath(os.path.expanduser(identities))
         if not os.path.isfile(path):
-            raise DataError(f"data.identities {path}: no such file (expected one identity folder name per line)")
+            raise DataError(f"{key} {path}: no such file (expected one identity folder name per line)")
         with open(path, encoding="utf-8") as f:
             names = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
         return names, path
-    return [str(n) for n in identities], "data.identities"
+    return [str(n) for n in identities], key
 
 
 def select_identities(root: str, classes: list[str], paths: np.ndarray, labels: np.ndarray,
-                      identities: str | Sequence[str] | None, min_images: int):
-    """Keep the images of the chosen identities (with at least ``min_images`` each); relabel 0..K-1."""
+                      identities, min_images: int, exclude=None):
+    """Keep the images of the chosen identities (all when None), less the ``exclude`` ones, with at least
+    ``min_images`` each; relabel 0..K-1."""
     keep = np.ones(len(classes), dtype=bool)
-    if identities is not None:
-        names, source = read_identity_list(identities)
-        known = set(classes)
+    known = set(classes)
+    for chosen, key in ((identities, "data.identities"), (exclude, "data.exclude_identities")):
+        if chosen is None:
+            continue
+        names, source = read_identity_list(chosen, key)
         missing = [n for n in names if n not in known]
         if missing:
             raise DataError(f"{source}: {len(missing)} of {len(names)} identities have no folder in {root}, "
                             f"e.g. {', '.join(missing[:3])}")
-        wanted = set(names)
-        keep = np.array([c in wanted for c in classes])
+        named = np.isin(np.array(classes, dtype=object), np.array(names, dtype=object))
+        keep &= named if key == "data.identities" else ~named
     counts = np.bincount(labels, minlength=len(classes))
     keep &= counts >= min_images
     if not keep.any():
-        raise DataError(f"data.root {root}: no identity is left after data.identities / "
+        raise DataError(f"data.root {root}: no identity is left after data.identities / data.exclude_identities / "
                         f"data.min_images_per_identity={min_images}")
     new_label = np.cumsum(keep) - 1
     rows = keep[labels]
@@ -145,9 +159,11 @@ class FaceFolder(ImageDataset):
         input_size, augment, on_corrupt, max_image_pixels: see :class:`~frtrain.data.base.ImageDataset`.
         index_cache: reuse a cached file index (under ``cache_dir``) while the tree is unchanged.
         cache_dir: where the index cache lives.
-        identities: train only on these identity folders: a list of names or the path of a text file
-            with one name per line (e.g. the people of some LFW sets); labels follow their sorted order.
-        min_images_per_identity: drop identities with fewer images (after ``identities``).
+        identities: train only on these identity folders: a list of names, the path of a text file with one
+            name per line, or ``{lfw_pairs: <pairs.txt>, sets: [...]}`` (the people of some LFW pairs sets);
+            labels follow their sorted order.
+        exclude_identities: leave these out (same forms): e.g. the people a benchmark scores.
+        min_images_per_identity: drop identities with fewer images (after the two above).
     """
 
     def __init__(
@@ -158,18 +174,20 @@ class FaceFolder(ImageDataset):
         on_corrupt: str = "skip",
         index_cache: bool = True,
         cache_dir: str | None = None,
-        identities: str | Sequence[str] | None = None,
+        identities: str | Sequence[str] | Mapping[str, Any] | None = None,
         min_images_per_identity: int = 1,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        exclude_identities: str | Sequence[str] | Mapping[str, Any] | None = None,
     ):
         super().__init__(input_size, augment, on_corrupt, max_image_pixels)
         if root is None or str(root) in ("", "???"):
             raise ConfigError("data.root is not set: give the directory of identity folders, e.g. data.root=/data/casia")
         self.root = os.path.abspath(os.path.expanduser(str(root)))
         self.classes, self.paths, self.labels = load_index(self.root, cache_dir if index_cache else None)
-        if identities is not None or min_images_per_identity > 1:
+        if identities is not None or exclude_identities is not None or min_images_per_identity > 1:
             self.classes, self.paths, self.labels = select_identities(
-                self.root, self.classes, self.paths, self.labels, identities, int(min_images_per_identity))
+                self.root, self.classes, self.paths, self.labels, identities, int(min_images_per_identity),
+                exclude_identities)
 
     @property
     def num_classes(self) -> int:

@@ -72,7 +72,7 @@ def find_image_dir(root: str, first_person: str) -> str:
 
 
 def lfw_benchmark(root: str, pairs: str | None = None, images: str | None = None, sets: list[int] | None = None,
-                  name: str = "lfw", crop=None, skip_missing: bool = False) -> PairBenchmark:
+                  name: str = "lfw", crop=None, skip_missing: bool = False, folds: str = "auto") -> PairBenchmark:
     """LFW in its original layout: ``pairs.txt`` and ``<images>/<name>/<name>_<n:04d>.jpg``.
 
     Args:
@@ -80,7 +80,9 @@ def lfw_benchmark(root: str, pairs: str | None = None, images: str | None = None
             :data:`IMAGE_DIRS` under the root that has the people of the pairs (as LFW's downloads unpack).
         sets: the pairs sets to score (1-based; all by default). With all sets, the folds are the sets
             (the official protocol); with fewer, each set's matched and mismatched pairs are cut into
-            10 consecutive chunks and chunk k of every set forms fold k.
+            10 consecutive chunks and chunk k of every set forms fold k (``folds: auto``).
+        folds: ``auto`` (as above), ``sets`` (each chosen set is a fold: identity-disjoint folds, at least 2
+            sets) or ``chunks`` (10 chunks of every set, also for all sets).
         crop: fractions (left, top, right, bottom) cut off each image, for unaligned originals.
         skip_missing: drop (and count) pairs whose image file is missing instead of failing.
     """
@@ -91,15 +93,21 @@ def lfw_benchmark(root: str, pairs: str | None = None, images: str | None = None
     bad = [s for s in chosen if not 1 <= s <= num_sets]
     if bad:
         raise ConfigError(f"lfw sets {bad}: {pairs_path} has sets 1..{num_sets}")
+    if folds not in ("auto", "sets", "chunks"):
+        raise ConfigError(f"benchmarks.{name}.folds={folds!r}: expected auto, sets or chunks")
+    by_set = folds == "sets" or (folds == "auto" and len(chosen) == num_sets)
+    if by_set and len(chosen) < 2:
+        raise ConfigError(f"benchmarks.{name}.folds=sets needs at least 2 sets, got {chosen}")
     image_dir = os.path.abspath(os.path.expanduser(str(images))) if images else find_image_dir(root, rows[0][0])
-    file_pairs, issame, folds, where = [], [], [], []
+    file_pairs, issame, fold_of, where = [], [], [], []
     for k, (n1, i1, n2, i2, same, set_id) in enumerate(rows):
         if set_id not in chosen:
             continue
         file_pairs.append(tuple(os.path.join(image_dir, n, f"{n}_{i:04d}.jpg") for n, i in ((n1, i1), (n2, i2))))
         issame.append(same)
         position = k % (2 * per_kind) % per_kind  # rank of the pair among its set's pairs of its kind
-        folds.append(set_id - 1 if len(chosen) == num_sets else position * 10 // per_kind)
+        fold_of.append(set_id - 1 if by_set else position * 10 // per_kind)
         where.append(f"pair {k + 1} of {pairs_path}")
-    notes = [] if len(chosen) == num_sets else [f"sets {chosen} only: folds are 10 chunks of each set, not the official sets"]
-    return file_pair_benchmark(name, pairs_path, file_pairs, issame, folds, where, crop, skip_missing, notes)
+    notes = [] if len(chosen) == num_sets and by_set else [
+        f"sets {chosen}: " + ("each set is a fold" if by_set else "folds are 10 chunks of each set, not the official sets")]
+    return file_pair_benchmark(name, pairs_path, file_pairs, issame, fold_of, where, crop, skip_missing, notes)

@@ -1,0 +1,134 @@
+"""frtrain-compare: the statistics equal an independent computation, and a tiny grid trains, resumes and reports."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from frtrain.compare import main, parse
+from frtrain.errors import ConfigError
+from frtrain.evaluation.compare_stats import bootstrap_differences, mean_ci, paired_bootstrap
+
+
+def test_mean_ci_is_the_student_t_interval():
+    v = [0.81, 0.84, 0.86, 0.80]
+    m, lo, hi = mean_ci(v)
+    half = stats.t.ppf(0.975, 3) * np.std(v, ddof=1) / 2.0
+    assert m == pytest.approx(np.mean(v)) and lo == pytest.approx(m - half) and hi == pytest.approx(m + half)
+    assert mean_ci([0.7]) == (0.7, 0.7, 0.7)
+
+
+def _independent_resamples(d, seed, batches):
+    """The resampled means, drawn as bootstrap_differences documents and indexed explicitly, one loop per resample."""
+    g, out = np.random.default_rng(seed), []
+    ns, np_ = d.shape
+    for size in batches:
+        s, p = g.integers(0, ns, (size, ns)), g.integers(0, np_, (size, np_))
+        out += [d[s[k]][:, p[k]].mean() for k in range(size)]
+    return np.asarray(out)
+
+
+def test_bootstrap_equals_an_independent_resampling_loop():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((3, 40)) < 0.8, rng.random((3, 40)) < 0.7
+    d = a.astype(float) - b
+    got = bootstrap_differences(d, resamples=250, seed=5, batch=100)
+    np.testing.assert_allclose(got, _independent_resamples(d, 5, (100, 100, 50)), rtol=0, atol=1e-12)
+    r = paired_bootstrap(a, b, resamples=250, seed=5)  # one batch of 250
+    boot = _independent_resamples(d, 5, (250,))
+    assert r.difference == pytest.approx(d.mean())
+    assert (r.low, r.high) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
+    far = np.sum(boot <= 0) if d.mean() > 0 else np.sum(boot >= 0)
+    assert r.p_value == pytest.approx(min(1.0, 2 * (1 + far) / 251))
+
+
+def test_a_planted_difference_is_found_and_a_null_one_is_not():
+    rng = np.random.default_rng(0)
+    shape = (3, 3000)
+    better, worse = rng.random(shape) < 0.90, rng.random(shape) < 0.85
+    planted = paired_bootstrap(better, worse, resamples=2000)
+    assert planted.verdict == "A better" and planted.low > 0 and planted.p_value < 0.01
+    same_a, same_b = rng.random(shape) < 0.85, rng.random(shape) < 0.85
+    null = paired_bootstrap(same_a, same_b, resamples=2000)
+    assert null.verdict == "not distinguishable at this size" and null.low < 0 < null.high and null.p_value > 0.05
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["seeds=2"], "no heads to compare"),
+    (["head=arcface,cosface", "seed=1"], "seed: frtrain-compare sets it per run"),
+    (["head=arcface,cosface", "@npt:head.k=6"], "npt is not one of the compared heads"),
+    (["head=arcface,cosface", "seeds=two"], "seeds='two'"),
+    (["head=arcface,cosface", "baseline=npt"], "baseline=npt: not one of the compared heads"),
+    (["head=arcface,cosface", "@cosface:headk6"], "a per-head override is @<head>:key=value"),
+])
+def test_bad_command_lines_are_refused_in_one_line(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        parse(argv)
+
+
+def test_the_grid_is_heads_times_splits_times_seeds():
+    grid = parse(["head=arcface,npt", "seeds=2", "protocol=lfw_half_a,lfw_half_b", "@npt:head.k=6", "optim.lr=0.2"])
+    assert len(grid.cells) == 8 and grid.common == ["optim.lr=0.2"]
+    npt = [c for c in grid.cells if c.head == "npt"][0]
+    assert npt.overrides(grid.common) == ["optim.lr=0.2", "head=npt", "head.k=6", "protocol=lfw_half_a", "seed=0"]
+
+
+def test_a_config_mistake_stops_before_any_run(tmp_path):
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit):
+        main(["head=arcface,cosface", "seeds=1", f"out={out}", "optim.lrr=0.1"])
+    assert not (out / "runs").exists()
+
+
+TINY = ["data.num_identities=30", "data.images_per_identity=8", "data.image_size=32", "backbone.input_size=32",
+        "data.loader.batch_size=32", "data.loader.num_workers=0", "trainer.max_steps=6", "trainer.checkpoint_every=3",
+        "trainer.keep_last=0", "eval.every_steps=3", "eval.benchmarks.synthetic.num_identities=30",
+        "eval.benchmarks.synthetic.images_per_identity=4", "eval.benchmarks.synthetic.num_pairs=200",
+        "eval.benchmarks.synthetic.image_size=32"]
+
+
+@pytest.mark.timeout(900)
+def test_a_tiny_grid_trains_resumes_reuses_and_flags_a_recipe_difference(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["head=arcface,cosface", "seeds=2", f"out={out}", "resamples=500", "@cosface:optim.weight_decay=0.001",
+            f"publish={tmp_path / 'docs' / 'results.md'}", *TINY]
+    assert main(argv) == 0
+    run = out / "runs" / "cosface" / "seed-1"
+    assert sorted(str(p.relative_to(out / "runs")) for p in (out / "runs").glob("*/seed-*")) == [
+        "arcface/seed-0", "arcface/seed-1", "cosface/seed-0", "cosface/seed-1"]
+    assert (run / "pairs" / "synthetic.npz").is_file()
+    report = json.loads((out / "comparison.json").read_text())
+    bench = report["benchmarks"]["synthetic"]
+    assert set(bench["heads"]) == {"arcface", "cosface"} and bench["seeds"] == [0, 1]
+    for h in ("arcface", "cosface"):  # the per-seed accuracies are the runs' own final accuracies
+        for seed in (0, 1):
+            final = json.loads((out / "runs" / h / f"seed-{seed}" / "results.json").read_text())["final"]
+            assert bench["heads"][h]["per_seed"][str(seed)] == pytest.approx(final["synthetic"]["accuracy"])
+    assert len(bench["differences"]) == 1 and bench["differences"][0]["pairs"] == 200
+    assert any("optim.weight_decay=0.001" in n for n in report["recipe_differences"])
+    md = (out / "comparison.md").read_text()
+    assert "The runs differ in more than the head and the seed" in md and "![" in md
+    assert (out / "accuracy_vs_step.png").is_file() and (out / "roc.png").is_file()
+    assert (tmp_path / "docs" / "results.md").is_file() and (tmp_path / "docs" / "results_roc.png").is_file()
+
+    # an interrupted run: its final checkpoint and results gone, the step-3 checkpoint left
+    finished = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("results.json") if p.parent != run}
+    (run / "results.json").unlink()
+    (run / "checkpoints" / "step-00000006.pt").unlink()
+    assert (run / "checkpoints" / "step-00000003.pt").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "4 runs (0 trained, 1 resumed, 3 reused)" in capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
+    assert "resum" in (run / "train.log").read_text().lower()
+    assert json.loads((run / "results.json").read_text())["steps"] == 6
+
+    # the report alone, from the run directories
+    assert main(["report", str(out), f"out={tmp_path / 'again'}", "baseline=arcface", "resamples=200"]) == 0
+    again = json.loads((tmp_path / "again" / "comparison.json").read_text())
+    assert again["benchmarks"]["synthetic"]["heads"].keys() == bench["heads"].keys()
+    assert os.path.isfile(tmp_path / "again" / "comparison.md")
