@@ -24,7 +24,7 @@ def _run(args, tmp_path, timeout=300, cache=None):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["head=nope"], "frtrain-train: error: head=nope: no such option; (the options of head: arcface, center,"),
+    (["head=nope"], "frtrain-train: error: head=nope: no such option; (the options of head: adaface, arcface, center,"),
     (["head=arcfce"], "frtrain-train: error: head=arcfce: no such option; did you mean arcface"),
     (["optim.lrr=0.1"], "frtrain-train: error: optim.lrr: no such key; did you mean optim.lr? "
                         "(optim has: lr, momentum, weight_decay)"),
