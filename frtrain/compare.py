@@ -14,7 +14,10 @@ and the report flags it. Every cell's config is composed and checked before the 
 
 Options (the rest goes to every run): ``seeds`` (3), ``baseline`` (a head: compare every head with it; default:
 every pair), ``out`` (``runs/compare/<date>_<time>``), ``publish`` (also write the report to this Markdown
-file, plots beside it), ``resamples`` (10,000 bootstrap resamples).
+file, plots beside it; text below its ``<!-- notes: ... -->`` line is kept), ``resamples`` (10,000 bootstrap resamples), ``jobs`` (1: runs trained at once, each
+pinned to its own share of this process's CPU cores, so ``threads: auto`` and ``num_workers: auto`` follow).
+Cells run seed by seed (every head and split with seed 0, then seed 1, ...), so a grid stopped part-way has whole
+seeds to report on.
 
 The report (``<out>/comparison.md``, ``comparison.json``, ``accuracy_vs_step.png``, ``roc.png``), per benchmark:
 accuracy as mean ± 95% confidence interval over seeds (the splits' pairs pooled: every pair scored by a model
@@ -44,12 +47,14 @@ from frtrain.errors import ConfigError, DataError
 
 log = logging.getLogger("frtrain")
 
-OPTIONS = ("seeds", "baseline", "out", "publish", "resamples")
-USAGE = ("usage: frtrain-compare head=A,B[,...] [seeds=3] [baseline=A] [out=DIR] [publish=FILE.md] "
+OPTIONS = ("seeds", "baseline", "out", "publish", "resamples", "jobs")
+USAGE = ("usage: frtrain-compare head=A,B[,...] [seeds=3] [baseline=A] [out=DIR] [publish=FILE.md] [jobs=1] "
          "[@HEAD:key=value ...] [frtrain-train overrides]  |  frtrain-compare report DIR [DIR ...] [baseline=A]")
 #: config keys that legitimately differ between the runs of one split
 PER_RUN_KEYS = ("head", "seed", "output_dir", "trainer.resume")
 FARS = (1e-2, 1e-3, 1e-4)
+#: in a published file, what follows this line is the user's and survives a rewrite of the report
+NOTES_MARKER = "<!-- notes: kept when frtrain-compare rewrites this file -->"
 
 
 def _safe(name: str) -> str:
@@ -140,7 +145,14 @@ def parse(argv: list[str]) -> Grid:
     if options.get("baseline") and options["baseline"] not in heads:
         raise ConfigError(f"baseline={options['baseline']}: not one of the compared heads ({', '.join(heads)})")
     splits = [tuple(zip([k for k, _ in sweeps], values)) for values in itertools.product(*[v for _, v in sweeps])]
-    cells = [Cell(h, s, split, tuple(per_head.get(h, []))) for h in heads for split in splits for s in range(seeds)]
+    try:
+        jobs = int(options.get("jobs", 1))
+    except ValueError:
+        raise ConfigError(f"jobs={options['jobs']!r}: expected a number of runs at once, e.g. jobs=2") from None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not 1 <= jobs <= cores:
+        raise ConfigError(f"jobs={jobs}: expected 1 to {cores} (the CPU cores this process may use)")
+    cells = [Cell(h, s, split, tuple(per_head.get(h, []))) for s in range(seeds) for h in heads for split in splits]
     return Grid(cells, common, options, "frtrain-compare " + " ".join(argv), per_head)
 
 
@@ -159,8 +171,17 @@ def check_grid(grid: Grid) -> None:
             raise ConfigError(f"run head={cell.head} {cell.split_name}: {e}") from None
 
 
-def run_cell(cell: Cell, grid: Grid, out: Path) -> str:
-    """Train one cell unless it has finished; returns ``reused``, ``resumed`` or ``trained``."""
+def core_slots(jobs: int) -> list[set[int] | None]:
+    """Disjoint CPU core sets, one per concurrent run (``None``: no pinning, for one job or no affinity API)."""
+    if jobs <= 1 or not hasattr(os, "sched_setaffinity"):
+        return [None] * max(1, jobs)
+    cores = sorted(os.sched_getaffinity(0))
+    return [set(cores[i::jobs]) for i in range(jobs)]
+
+
+def run_cell(cell: Cell, grid: Grid, out: Path, cores: set[int] | None = None) -> str:
+    """Train one cell unless it has finished, pinned to ``cores`` if given; returns ``reused``, ``resumed`` or
+    ``trained``."""
     run_dir = cell.directory(out)
     if (run_dir / "results.json").is_file():
         return "reused"
@@ -173,7 +194,8 @@ def run_cell(cell: Cell, grid: Grid, out: Path) -> str:
            "trainer.resume=auto", "trainer.progress=false"]
     log.info("frtrain-compare: %s", " ".join(cmd))
     with open(run_dir / "compare_stdout.log", "a") as stdout:
-        done = subprocess.run(cmd, stdout=stdout, stderr=subprocess.STDOUT, check=False)
+        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+        done = subprocess.run(cmd, stdout=stdout, stderr=subprocess.STDOUT, check=False, preexec_fn=pin)
     if done.returncode != 0:
         raise DataError(f"the run head={cell.head} {cell.split_name} seed={cell.seed} failed (exit {done.returncode}); "
                         f"see {run_dir / 'compare_stdout.log'} and {run_dir / 'train.log'}")
@@ -181,13 +203,46 @@ def run_cell(cell: Cell, grid: Grid, out: Path) -> str:
 
 
 def run_grid(grid: Grid, out: Path) -> dict[str, int]:
+    """Train the grid's cells, ``jobs`` at a time; the first failure stops new runs and is raised once the
+    running ones end."""
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from tqdm import tqdm
 
+    jobs = int(grid.options.get("jobs", 1))
+    slots: queue.Queue = queue.Queue()
+    for cores in core_slots(jobs):
+        slots.put(cores)
+
+    def one(cell: Cell) -> str:
+        cores = slots.get()
+        try:
+            return run_cell(cell, grid, out, cores)
+        finally:
+            slots.put(cores)
+
     counts = {"reused": 0, "resumed": 0, "trained": 0}
-    with tqdm(grid.cells, desc="frtrain-compare", unit="run", dynamic_ncols=True) as bar:
-        for cell in bar:
-            bar.set_postfix_str(f"{cell.head} {cell.split_name} seed={cell.seed}")
-            counts[run_cell(cell, grid, out)] += 1
+    todo, running, failure = list(grid.cells), {}, None
+    with ThreadPoolExecutor(max_workers=jobs) as pool, \
+            tqdm(total=len(todo), desc="frtrain-compare", unit="run", dynamic_ncols=True) as bar:
+        while todo or running:
+            while todo and len(running) < jobs and failure is None:
+                cell = todo.pop(0)
+                running[pool.submit(one, cell)] = cell
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = running.pop(future)
+                try:
+                    counts[future.result()] += 1
+                except DataError as e:
+                    failure = failure or e
+                bar.set_postfix_str(f"{cell.head} {cell.split_name} seed={cell.seed}")
+                bar.update(1)
+    if failure is not None:
+        raise failure
     return counts
 
 
@@ -470,7 +525,9 @@ def write_report(runs: list[Run], out: Path, command: str, baseline: str | None,
         target = Path(publish)
         target.parent.mkdir(parents=True, exist_ok=True)
         published = plot(report, target.parent, f"{target.stem}_")
-        target.write_text(markdown(report, command, published))
+        old = target.read_text() if target.is_file() else ""
+        notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else NOTES_MARKER + "\n"
+        target.write_text(markdown(report, command, published).rstrip("\n") + "\n\n" + notes)
     return report
 
 

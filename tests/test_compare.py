@@ -64,6 +64,8 @@ def test_a_planted_difference_is_found_and_a_null_one_is_not():
     (["head=arcface,cosface", "seeds=two"], "seeds='two'"),
     (["head=arcface,cosface", "baseline=npt"], "baseline=npt: not one of the compared heads"),
     (["head=arcface,cosface", "@cosface:headk6"], "a per-head override is @<head>:key=value"),
+    (["head=arcface,cosface", "jobs=0"], "jobs=0: expected 1 to"),
+    (["head=arcface,cosface", "jobs=many"], "jobs='many'"),
 ])
 def test_bad_command_lines_are_refused_in_one_line(argv, match):
     with pytest.raises(ConfigError, match=match):
@@ -75,6 +77,42 @@ def test_the_grid_is_heads_times_splits_times_seeds():
     assert len(grid.cells) == 8 and grid.common == ["optim.lr=0.2"]
     npt = [c for c in grid.cells if c.head == "npt"][0]
     assert npt.overrides(grid.common) == ["optim.lr=0.2", "head=npt", "head.k=6", "protocol=lfw_half_a", "seed=0"]
+    # seed by seed: a grid stopped part-way has whole seeds
+    assert [c.seed for c in grid.cells] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [(c.head, c.split[0][1]) for c in grid.cells[:4]] == [
+        ("arcface", "lfw_half_a"), ("arcface", "lfw_half_b"), ("npt", "lfw_half_a"), ("npt", "lfw_half_b")]
+
+
+def test_concurrent_runs_get_disjoint_cores_and_a_failure_stops_new_runs(monkeypatch, tmp_path):
+    import threading
+
+    from frtrain import compare
+    from frtrain.errors import DataError
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores and CPU affinity")
+    slots = compare.core_slots(2)
+    assert len(slots) == 2 and not slots[0] & slots[1] and slots[0] | slots[1] == os.sched_getaffinity(0)
+    assert compare.core_slots(1) == [None]
+
+    grid = parse(["head=arcface,cosface,npt", "seeds=2", "jobs=2"])
+    started, lock, both = [], threading.Lock(), threading.Barrier(2, timeout=10)
+
+    def fake_run_cell(cell, grid, out, cores):
+        with lock:
+            started.append((cell.head, cell.seed, frozenset(cores)))
+        if len(started) <= 2:
+            both.wait()  # the first two really run at once, on different cores
+        if (cell.head, cell.seed) == ("cosface", 0):
+            raise DataError("the run head=cosface seed=0 failed")
+        return "trained"
+
+    monkeypatch.setattr(compare, "run_cell", fake_run_cell)
+    with pytest.raises(DataError, match="cosface seed=0 failed"):
+        compare.run_grid(grid, tmp_path)
+    assert started[0][2] != started[1][2]
+    # at most the run that replaced a finished one before cosface's failure was seen started; no seed-1 run did
+    assert 2 <= len(started) <= 3 and all(seed == 0 for _, seed, _ in started)
 
 
 def test_a_config_mistake_stops_before_any_run(tmp_path):
@@ -95,6 +133,7 @@ TINY = ["data.num_identities=30", "data.images_per_identity=8", "data.image_size
 def test_a_tiny_grid_trains_resumes_reuses_and_flags_a_recipe_difference(tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["head=arcface,cosface", "seeds=2", f"out={out}", "resamples=500", "@cosface:optim.weight_decay=0.001",
+            f"jobs={min(2, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else 1)}",
             f"publish={tmp_path / 'docs' / 'results.md'}", *TINY]
     assert main(argv) == 0
     run = out / "runs" / "cosface" / "seed-1"
@@ -114,6 +153,8 @@ def test_a_tiny_grid_trains_resumes_reuses_and_flags_a_recipe_difference(tmp_pat
     assert "The runs differ in more than the head and the seed" in md and "![" in md
     assert (out / "accuracy_vs_step.png").is_file() and (out / "roc.png").is_file()
     assert (tmp_path / "docs" / "results.md").is_file() and (tmp_path / "docs" / "results_roc.png").is_file()
+    published = tmp_path / "docs" / "results.md"
+    published.write_text(published.read_text() + "Notes: arcface and cosface tie here.\n")
 
     # an interrupted run: its final checkpoint and results gone, the step-3 checkpoint left
     finished = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("results.json") if p.parent != run}
@@ -126,6 +167,9 @@ def test_a_tiny_grid_trains_resumes_reuses_and_flags_a_recipe_difference(tmp_pat
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
     assert "resum" in (run / "train.log").read_text().lower()
     assert json.loads((run / "results.json").read_text())["steps"] == 6
+    text = published.read_text()  # rewritten by the second call, the notes below the marker kept, once
+    assert text.count("Notes: arcface and cosface tie here.") == 1 and text.count("<!-- notes:") == 1
+    assert text.index("| arcface |") < text.index("Notes: arcface")
 
     # the report alone, from the run directories
     assert main(["report", str(out), f"out={tmp_path / 'again'}", "baseline=arcface", "resamples=200"]) == 0
