@@ -264,3 +264,41 @@ def test_malformed_meta_files_fail_with_file_and_line(tmp_path, edit, match):
     edit(tmp_path / "IJBC" / "meta")
     with pytest.raises(DataError, match=match):
         ijb_benchmark(str(tmp_path / "IJBC"), "ijbc")
+
+
+def _sklearn_rules(labels, scores, fars, roc_points):
+    """The rules on scikit-learn's whole ``roc_curve``, thinned the documented way: the reference."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    nearest = {f"{f:g}": float(tpr[int(np.argmin(np.abs(fpr - f)))]) for f in fars}
+    strict = {f"{f:g}": float(tpr[fpr <= f].max()) for f in fars}
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    if len(fpr) > roc_points:
+        smallest = float(fpr[fpr > 0].min())
+        keep = np.searchsorted(fpr, np.logspace(np.log10(smallest), 0, roc_points))
+        keep = np.unique(np.r_[0, np.clip(keep, 0, len(fpr) - 1), len(fpr) - 1])
+        fpr, tpr = fpr[keep], tpr[keep]
+    return nearest, strict, {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, auc
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 2])  # 0: all distinct; 1, 2: many ties, within and across labels
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 20])
+def test_the_chunked_roc_is_scikit_learns_curve(decimals, chunk):
+    from frtrain.evaluation.ijb import FARS, tar_at_far_rules
+
+    rng = np.random.default_rng(decimals * 10 + chunk % 7)
+    for _ in range(20):
+        n = int(rng.integers(3, 1500))
+        labels = (rng.random(n) < rng.uniform(0.05, 0.5)).astype(int)
+        labels[:2] = [0, 1]
+        scores = (rng.normal(size=n) + 1.5 * labels).astype(np.float32)
+        if decimals:
+            scores = np.round(scores, decimals).astype(np.float32)
+        for roc_points in (10, 2000):
+            got = tar_at_far_rules(labels, scores, roc_points=roc_points, chunk=chunk)
+            want = _sklearn_rules(labels, scores, FARS, roc_points)
+            assert got[0] == want[0] and got[1] == want[1] and got[2] == want[2]
+            assert got[3] == pytest.approx(want[3], abs=1e-12)
+    with pytest.raises(DataError, match="0 genuine, 3 impostor"):
+        tar_at_far_rules(np.zeros(3, dtype=int), np.ones(3, dtype=np.float32))

@@ -281,7 +281,7 @@ def image_features(raw: np.ndarray, scores: np.ndarray, flip: str, normalize: bo
 
 
 def template_features(raw, scores, image_rows, templates, medias, flip, normalize, score_weighting,
-                      chunk_images: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+                      chunk_images: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """(unique template ids (T,), L2-normalised template features (T, d')) in one streaming pass.
 
     ``image_rows`` (n,) index ``raw``/``scores``; ``templates``/``medias`` (n,) are their ids. Images are sorted by
@@ -315,48 +315,126 @@ def template_features(raw, scores, image_rows, templates, medias, flip, normaliz
 def pair_scores(unique_t: np.ndarray, feats: np.ndarray, pairs: np.ndarray, block: int = 1024) -> np.ndarray:
     """Cosine (P,) of every template pair: for each block of first templates one (block x T) product, read off.
 
-    Memory beyond the (P,) float32 result: two int32 template indices per pair and a block's pairs at a time (no
-    sort of the pair list: IJB-C's 15.7M pairs would cost another ~250 MB of int64 order)."""
-    a, b = np.empty(len(pairs), np.int32), np.empty(len(pairs), np.int32)
+    Memory beyond the (P,) float32 result: the block of each pair's first template (2 bytes a pair for fewer than
+    2^15 blocks), and per block its pairs' template indices and the product; no sort of the pair list and no
+    per-pair int64 index array (IJB-C's 15.7M pairs: ~250 MB each)."""
+    small = len(unique_t) // block < 2**15
+    first_block = np.empty(len(pairs), np.int16 if small else np.int32)
     for lo in range(0, len(pairs), 1 << 20):  # in slices: searchsorted's int64 result is 8 bytes a pair
-        a[lo:lo + (1 << 20)] = np.searchsorted(unique_t, pairs[lo:lo + (1 << 20), 0])
-        b[lo:lo + (1 << 20)] = np.searchsorted(unique_t, pairs[lo:lo + (1 << 20), 1])
+        first_block[lo:lo + (1 << 20)] = np.searchsorted(unique_t, pairs[lo:lo + (1 << 20), 0]) // block
     f32 = feats.astype(np.float32)
     scores = np.empty(len(pairs), dtype=np.float32)
-    first_block = (a // block).astype(np.int16 if len(unique_t) // block < 2**15 else np.int32)
     for k, lo in enumerate(range(0, len(unique_t), block)):
         sel = np.flatnonzero(first_block == k)
         if sel.size:
-            gram = f32[lo:lo + block] @ f32.T
-            scores[sel] = gram[a[sel] - lo, b[sel]]
+            a = np.searchsorted(unique_t, pairs[sel, 0]) - lo
+            b = np.searchsorted(unique_t, pairs[sel, 1])
+            scores[sel] = (f32[lo:lo + block] @ f32.T)[a, b]
     return scores
 
 
-def tar_at_far_rules(labels: np.ndarray, scores: np.ndarray, fars=FARS, roc_points: int = 2000
-                     ) -> tuple[dict, dict, dict, float]:
-    """(insightface's nearest-FPR TAR, strict TAR, ROC, AUC) at each FAR, from sklearn's ``roc_curve``.
+def roc_corners(genuine: np.ndarray, impostor_desc: np.ndarray, chunk: int = 1 << 20):
+    """The points of scikit-learn's ``roc_curve(labels, scores)`` (``drop_intermediate=True``, without its first
+    (0, 0)), as ``(false accepts, true accepts)`` int64 arrays, a chunk at a time in order of falling threshold.
 
-    The returned ROC keeps at most about ``roc_points`` of its points, log-spaced in FPR, for the plot (IJB-C's
-    full curve has millions: as Python lists, half a gigabyte); the TARs and the AUC use the whole curve."""
-    from sklearn.metrics import roc_curve
+    ``genuine``: (P,) scores of the genuine pairs, ascending; ``impostor_desc``: (N,) impostor scores, descending.
+    A point is a distinct score; it is kept unless the counts rise by the same amounts before and after it (what
+    ``roc_curve`` drops). Memory: O(chunk + P), never O(N) beyond the caller's sorted impostors."""
+    n = len(impostor_desc)
+    carry, lead = np.empty((0, 2), dtype=np.int64), 0  # carry: [decided point,] undecided point; lead: decided ones
+    start = 0
+    while start < n:
+        end = min(start + chunk, n)
+        while end < n and impostor_desc[end] == impostor_desc[end - 1]:  # a tie stays within one chunk
+            end += 1
+        hi = np.inf if start == 0 else impostor_desc[start]
+        lo = -np.inf if end == n else impostor_desc[end]
+        part = impostor_desc[start:end]
+        g_lo, g_hi = np.searchsorted(genuine, lo, side="right"), np.searchsorted(genuine, hi, side="right")
+        values = np.union1d(part, genuine[g_lo:g_hi])[::-1]  # the distinct thresholds in (lo, hi], falling
+        fa = start + np.searchsorted(-part, -values, side="right")  # impostors >= each threshold
+        ta = len(genuine) - np.searchsorted(genuine, values, side="left")  # genuine pairs >= each threshold
+        seq = np.concatenate([carry, np.stack([fa, ta], axis=1).astype(np.int64)])
+        if len(seq) >= 2:
+            step = np.diff(seq, axis=0)
+            flags = np.r_[True, np.any(step[1:] != step[:-1], axis=1)]  # seq[:-1]: first point, or a turn
+            flags[:lead] = False  # seq[0] was decided with the previous chunk
+            keep = seq[:-1][flags]
+            if len(keep):
+                yield keep[:, 0], keep[:, 1]
+            carry, lead = seq[-2:], 1
+        else:
+            carry, lead = seq, 0
+        start = end
+    if len(carry):  # the last point is always kept
+        yield carry[-1:, 0], carry[-1:, 1]
 
-    fpr, tpr, _ = roc_curve(labels, scores)
-    nearest, strict = {}, {}
-    for far in fars:
-        nearest[f"{far:g}"] = float(tpr[int(np.argmin(np.abs(fpr - far)))])
-        ok = fpr <= far
-        strict[f"{far:g}"] = float(tpr[ok].max()) if ok.any() else 0.0
-    auc = float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
-    if len(fpr) > roc_points:
-        smallest = max(float(fpr[fpr > 0].min()) if (fpr > 0).any() else 1e-9, 1e-12)
-        keep = np.searchsorted(fpr, np.logspace(np.log10(smallest), 0, roc_points))
-        keep = np.unique(np.r_[0, np.clip(keep, 0, len(fpr) - 1), len(fpr) - 1])
-        fpr, tpr = fpr[keep], tpr[keep]
-    return nearest, strict, {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, auc
+
+def tar_at_far_rules(labels: np.ndarray, scores: np.ndarray, fars=FARS, roc_points: int = 2000,
+                     chunk: int = 1 << 20) -> tuple[dict, dict, dict, float]:
+    """(insightface's nearest-FPR TAR, strict TAR, ROC, AUC) at each FAR, on scikit-learn's ``roc_curve`` points.
+
+    The curve is walked in chunks (:func:`roc_corners`), so its memory is one sorted copy of the impostor scores
+    (4 bytes each for float32) and a chunk, not ``roc_curve``'s half a dozen arrays of the pair count (770 MiB at
+    IJB-C's 15.7M pairs). The TARs are those of the whole curve (nearest: the first point of least |FPR - far|;
+    strict: the best TPR with FPR <= far) and the AUC its trapezoid sum; the returned ROC keeps at most about
+    ``roc_points`` of the points, the first at or past each of ``roc_points`` FPRs log-spaced from the smallest
+    positive one to 1, for the plot."""
+    labels = np.asarray(labels)
+    genuine = np.sort(scores[labels == 1])
+    impostor = scores[labels == 0].copy()
+    if len(genuine) == 0 or len(impostor) == 0:
+        raise DataError(f"a ROC needs genuine and impostor pairs: {len(genuine)} genuine, {len(impostor)} impostor")
+    impostor.sort()
+    impostor = impostor[::-1]
+    num_g, num_i = float(len(genuine)), float(len(impostor))
+    fars = list(fars)
+    near_d, near_t = [abs(0.0 - f) for f in fars], [0.0] * len(fars)
+    strict = [0.0] * len(fars)
+    auc, last_f, last_t, count, smallest = 0.0, 0.0, 0.0, 1, None
+    kept_f, kept_t = [np.zeros(1)], [np.zeros(1)]
+    for fa, ta in roc_corners(genuine, impostor, chunk):
+        fpr, tpr = fa / num_i, ta / num_g
+        for k, far in enumerate(fars):
+            d = np.abs(fpr - far)
+            i = int(np.argmin(d))
+            if d[i] < near_d[k]:
+                near_d[k], near_t[k] = float(d[i]), float(tpr[i])
+            ok = fpr <= far
+            if ok.any():
+                strict[k] = max(strict[k], float(tpr[ok].max()))
+        x, y = np.r_[last_f, fpr], np.r_[last_t, tpr]
+        auc += float((np.diff(x) * (y[1:] + y[:-1]) / 2.0).sum())
+        last_f, last_t = float(fpr[-1]), float(tpr[-1])
+        if smallest is None and (fpr > 0).any():
+            smallest = float(fpr[fpr > 0][0])
+        count += len(fpr)
+        if count <= roc_points:
+            kept_f.append(fpr)
+            kept_t.append(tpr)
+    nearest = {f"{far:g}": t for far, t in zip(fars, near_t)}
+    strict_d = {f"{far:g}": t for far, t in zip(fars, strict)}
+    if count <= roc_points:
+        f_all, t_all = np.concatenate(kept_f), np.concatenate(kept_t)
+    else:  # a second walk picks the thinned points
+        targets = np.logspace(np.log10(max(smallest or 1e-9, 1e-12)), 0, roc_points)
+        f_sel, t_sel, pending = [0.0], [0.0], targets
+        for fa, ta in roc_corners(genuine, impostor, chunk):
+            fpr, tpr = fa / num_i, ta / num_g
+            at = np.searchsorted(fpr, pending, side="left")
+            hit = np.unique(at[at < len(fpr)])
+            f_sel.extend(fpr[hit].tolist())
+            t_sel.extend(tpr[hit].tolist())
+            pending = pending[at >= len(fpr)]
+        if f_sel[-1] != last_f or t_sel[-1] != last_t:  # points differ in (FA, TA): values name them
+            f_sel.append(last_f)
+            t_sel.append(last_t)
+        f_all, t_all = np.array(f_sel), np.array(t_sel)
+    return nearest, strict_d, {"fpr": f_all.tolist(), "tpr": t_all.tolist()}, auc
 
 
 def identification_rates(probe_feats, probe_subjects, gallery_feats, gallery_subjects, ranks=(1, 5, 10),
-                         fpirs=FPIRS, block: int = 4096) -> dict:
+                         fpirs=FPIRS, block: int = 1024) -> dict:
     """Closed-set top-k identification rates of the mated probes and open-set TPIR at FPIR (non-mated probes set
     the threshold: the score that a fraction FPIR of their best gallery scores reach)."""
     mated = np.isin(probe_subjects, gallery_subjects)
