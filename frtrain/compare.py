@@ -149,7 +149,9 @@ def parse(argv: list[str]) -> Grid:
         jobs = int(options.get("jobs", 1))
     except ValueError:
         raise ConfigError(f"jobs={options['jobs']!r}: expected a number of runs at once, e.g. jobs=2") from None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from frtrain.data.loader import usable_cores
+
+    cores = usable_cores()
     if not 1 <= jobs <= cores:
         raise ConfigError(f"jobs={jobs}: expected 1 to {cores} (the CPU cores this process may use)")
     cells = [Cell(h, s, split, tuple(per_head.get(h, []))) for s in range(seeds) for h in heads for split in splits]

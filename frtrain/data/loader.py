@@ -63,10 +63,14 @@ class ResumableBatchSampler(Sampler[list]):
             yield list(zip(order[lo : lo + self.batch_size].tolist(), seeds[lo : lo + self.batch_size].tolist()))
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_share() -> int:
     """The CPU cores of this rank: the cores this process may run on, divided among the node's ranks."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def default_num_workers() -> int:
