@@ -14,8 +14,9 @@ and the report flags it. Every cell's config is composed and checked before the 
 
 Options (the rest goes to every run): ``seeds`` (3), ``baseline`` (a head: compare every head with it; default:
 every pair), ``out`` (``runs/compare/<date>_<time>``), ``publish`` (also write the report to this Markdown
-file, plots beside it; text below its ``<!-- notes: ... -->`` line is kept), ``resamples`` (10,000 bootstrap resamples), ``jobs`` (1: runs trained at once, each
-pinned to its own share of this process's CPU cores, so ``threads: auto`` and ``num_workers: auto`` follow).
+file, plots beside it; text below its ``<!-- notes: ... -->`` line is kept), ``resamples`` (10,000 bootstrap
+resamples), ``jobs`` (1: runs trained at once, each pinned to its own share of this process's CPU cores, so
+``threads: auto`` and ``num_workers: auto`` follow).
 Cells run seed by seed (every head and split with seed 0, then seed 1, ...), so a grid stopped part-way has whole
 seeds to report on.
 
@@ -232,16 +233,16 @@ def run_grid(grid: Grid, out: Path) -> dict[str, int]:
             while todo and len(running) < jobs and failure is None:
                 cell = todo.pop(0)
                 running[pool.submit(one, cell)] = cell
+            bar.set_postfix_str("; ".join(f"{c.head} {c.split_name} seed={c.seed}" for c in running.values()))
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                cell = running.pop(future)
+                running.pop(future)
                 try:
                     counts[future.result()] += 1
                 except DataError as e:
                     failure = failure or e
-                bar.set_postfix_str(f"{cell.head} {cell.split_name} seed={cell.seed}")
                 bar.update(1)
     if failure is not None:
         raise failure
