@@ -17,16 +17,9 @@ import sys
 import warnings
 
 from frtrain.errors import FrtrainError
+from frtrain.log_files import to_log_files
 
 log = logging.getLogger("frtrain")
-
-
-def _to_log_files(message: str) -> None:
-    """Write ``message`` to the file handlers of the logging tree only (the console gets the one line)."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers + log.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
 
 
 @contextlib.contextmanager
@@ -40,9 +33,16 @@ def one_line_errors(program: str):
     except FrtrainError as e:
         if os.environ.get("FRTRAIN_TRACEBACK"):
             raise
-        _to_log_files(f"{program}: error: {e}")
-        print(f"{program}: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        line = f"{program}: {getattr(e, 'label', 'error')}: {' '.join(str(e).split())}"  # one line, whatever it quotes
+        to_log_files(line, logging.ERROR)
+        print(line, file=sys.stderr, flush=True)
+        sys.exit(getattr(e, "exit_status", 2))
+    except KeyboardInterrupt:  # before or after the training loop (which says where it stopped itself)
+        if os.environ.get("FRTRAIN_TRACEBACK"):
+            raise
+        to_log_files(f"{program}: interrupted", logging.ERROR)
+        print(f"{program}: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def report_errors(program: str):

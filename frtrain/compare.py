@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from frtrain.cli import one_line_errors, quiet_third_party_warnings
-from frtrain.errors import ConfigError, DataError
+from frtrain.errors import ConfigError, DataError, first_line
+from frtrain.safe_files import read_json, read_npz, read_yaml
 
 log = logging.getLogger("frtrain")
 
@@ -114,7 +115,7 @@ def parse(argv: list[str]) -> Grid:
     try:
         parsed = OverridesParser.create().parse_overrides(rest)
     except HydraException as e:
-        raise ConfigError(str(e).strip().splitlines()[0]) from None
+        raise ConfigError(first_line(e)) from None
     heads, sweeps, common = None, [], []
     for o, text in zip(parsed, rest):
         key = o.get_key_element()
@@ -262,11 +263,20 @@ class Run:
     results: dict
 
     def pairs(self, benchmark: str) -> dict | None:
+        """Each pair's ``issame``, ``score``, ``correct`` (and ``fold``) at the final evaluation, or None."""
         f = self.path / "pairs" / f"{benchmark}.npz"
         if not f.is_file():
             return None
-        with np.load(f, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        arrays = read_npz(f)
+        missing = [k for k in ("issame", "score", "correct") if k not in arrays]
+        if missing:
+            raise DataError(f"{f}: has no {missing[0]!r} array (each pair's outcome, as frtrain-train writes it)")
+        n = len(arrays["issame"])
+        for key, value in arrays.items():
+            if value.ndim != 1 or len(value) != n:
+                raise DataError(f"{f}: array {key!r} has shape {value.shape}, expected ({n},) like 'issame'")
+        arrays["issame"], arrays["correct"] = arrays["issame"].astype(bool), arrays["correct"].astype(bool)
+        return arrays
 
 
 def _flatten(node, prefix: str = "") -> dict:
@@ -280,24 +290,45 @@ def _flatten(node, prefix: str = "") -> dict:
 
 def read_run(path: Path) -> Run:
     """A finished run directory: its cell (compare_cell.json, else its Hydra overrides), config and results."""
-    from omegaconf import OmegaConf
-
-    results = json.loads((path / "results.json").read_text())
+    results = checked_results(path / "results.json")
     config_file = path / "config.yaml"
     if not config_file.is_file():
         raise DataError(f"{path}: no config.yaml (not a frtrain-train run directory)")
-    config = OmegaConf.to_container(OmegaConf.load(config_file))
+    config = read_yaml(config_file, "run config")
+    if not isinstance(config, dict) or not isinstance(config.get("seed", 0), int) or \
+            not isinstance(config.get("head", {}), dict):
+        raise DataError(f"{config_file}: is not a frtrain-train config (a mapping with an integer seed and a head)")
     cell_file = path / "compare_cell.json"
     if cell_file.is_file():
-        cell = json.loads(cell_file.read_text())
+        cell = read_json(cell_file, "comparison cell")
+        if not isinstance(cell.get("head"), str) or not isinstance(cell.get("split"), list) or \
+                not all(isinstance(kv, list) and len(kv) == 2 for kv in cell["split"]):
+            raise DataError(f"{cell_file}: expected {{\"head\": <name>, \"split\": [[key, value], ...]}}")
         head, split = cell["head"], ", ".join(f"{k}={v}" for k, v in cell["split"]) or "-"
     else:
         overrides_file = path / ".hydra" / "overrides.yaml"
-        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+        overrides = read_yaml(overrides_file, "override list") if overrides_file.is_file() else []
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise DataError(f"{overrides_file}: expected a list of overrides")
         head = next((o.split("=", 1)[1] for o in overrides if o.startswith("head=")),
                     str(config.get("head", {}).get("_target_", "?")).rsplit(".", 1)[-1])
         split = ", ".join(o for o in overrides if o.startswith(("protocol=", "experiment="))) or "-"
     return Run(path, head, int(config.get("seed", 0)), split, config, results)
+
+
+def checked_results(path: Path) -> dict:
+    """A run's ``results.json``, with the fields the comparison reads checked (types, not values)."""
+    results = read_json(path, "run's results")
+    final, history_ = results.get("final", {}), results.get("history", {})
+    ok = isinstance(final, dict) and all(isinstance(v, dict) for v in final.values()) and \
+        isinstance(results.get("train_seconds", 0), (int, float)) and isinstance(history_, dict) and \
+        isinstance(history_.get("eval", []), list) and all(
+            isinstance(e, dict) and isinstance(e.get("step"), int) and isinstance(e.get("accuracy"), (int, float))
+            for e in history_.get("eval", []))
+    if not ok:
+        raise DataError(f"{path}: is not a frtrain-train results.json (final scores by benchmark, train_seconds, "
+                        "history.eval entries with step and accuracy)")
+    return results
 
 
 def find_runs(directories: list[str]) -> list[Run]:

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 
-from frtrain.errors import ConfigError
+from frtrain.errors import ConfigError, first_line
 
 CONFIG_MODULE = "frtrain.configs"
 
@@ -63,12 +63,14 @@ class TrainerConfig:
     compile: Union[bool, str] = False
     log_every: int = 10
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
     keep_last: int = 3
     init_from: Optional[str] = None
     init_head: bool = True
     resume: Optional[str] = None
     threads: Union[int, str] = "auto"
     progress: bool = True
+    dist_timeout: float = 60.0
 
 
 @dataclass
@@ -133,7 +135,7 @@ def group_options(group: str) -> list[str]:
         folder = folder / part
     if not folder.is_dir():
         return []
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
 
 
 def groups() -> list[str]:
@@ -278,7 +280,7 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise ConfigError(str(e).strip().splitlines()[0]) from None
+        raise ConfigError(first_line(e)) from None
     fixed, sweeps = [], []
     for o in parsed:
         if o.is_sweep_override():
@@ -306,6 +308,40 @@ def _require(ok: bool, key: str, value, expected: str) -> None:
         raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
+#: the typed nodes of each command's config: key -> schema
+_TYPED_NODES = {"trainer": TrainerConfig, "eval": EvalConfig, "data.loader": LoaderConfig, "paths": PathsConfig,
+                "input": InputConfig}
+
+
+def check_schema_keys(cfg: DictConfig) -> None:
+    """Every key of a typed node is a field of its schema: ``+trainer.bogus=1`` (which Hydra's struct mode lets
+    through when forced) stops here, naming the key and the closest valid names."""
+    import dataclasses
+
+    for where, schema in _TYPED_NODES.items():
+        node = OmegaConf.select(cfg, where)
+        if not isinstance(node, DictConfig):
+            continue
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if str(key) not in known:
+                hint = _did_you_mean(str(key), known)
+                raise ConfigError(f"{where}.{key}: no such key; {hint}({where} has: {', '.join(sorted(known))})"
+                                  if hint else f"{where}.{key}: no such key ({where} has: {', '.join(sorted(known))})")
+
+
+def check_device_and_precision(device: str, precision: str, where: str = "trainer") -> None:
+    """The device exists on this machine and the precision runs on it (fp16/bf16 autocast is for CUDA)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if str(device).startswith("cuda") and not cuda:
+        raise ConfigError(f"{where}.device={device}: CUDA is not available on this machine (use auto or cpu)")
+    on_cuda = str(device).startswith("cuda") or (device == "auto" and cuda)
+    if precision in ("fp16", "bf16") and not on_cuda:
+        raise ConfigError(f"{where}.precision={precision}: mixed precision is for CUDA; use fp32 (or auto) on the CPU")
+
+
 def validate_trainer(t: DictConfig) -> None:
     _require(t.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", str(t.device)) is not None, "trainer.device",
              t.device, "auto, cpu, cuda or cuda:N")
@@ -323,9 +359,12 @@ def validate_trainer(t: DictConfig) -> None:
              "true, false or a torch.compile mode (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs)")
     _require(t.log_every >= 1, "trainer.log_every", t.log_every, "a positive number of steps")
     _require(t.checkpoint_every >= 0, "trainer.checkpoint_every", t.checkpoint_every, "0 (only at the end) or more")
+    _require(t.checkpoint_minutes >= 0, "trainer.checkpoint_minutes", t.checkpoint_minutes,
+             "0 (no wall-clock checkpoints) or a positive number of minutes")
     _require(t.keep_last >= 0, "trainer.keep_last", t.keep_last, "0 (keep all) or more")
     _require(t.threads == "auto" or (isinstance(t.threads, int) and t.threads >= 1), "trainer.threads", t.threads,
              "auto or a positive integer")
+    _require(t.dist_timeout > 0, "trainer.dist_timeout", t.dist_timeout, "a positive number of seconds")
     for key in ("resume", "init_from"):  # a path that is not there is a config mistake: say it before any work
         value = t.get(key)
         if value not in (None, "", "auto", "latest", "null", "none", "true", "false") and \
@@ -375,7 +414,9 @@ def validate_train(cfg: DictConfig) -> None:
     from frtrain.engine.build import check_node, dry_build
 
     _require(isinstance(cfg.get("seed"), int), "seed", cfg.get("seed"), "an integer")
+    check_schema_keys(cfg)
     validate_trainer(cfg.trainer)
+    check_device_and_precision(cfg.trainer.device, cfg.trainer.precision)
     validate_eval(cfg.eval)
     unknown = [n for n in cfg.eval.get("final_only") or [] if n not in benchmark_nodes(cfg)]
     if unknown:
@@ -385,12 +426,40 @@ def validate_train(cfg: DictConfig) -> None:
     backbone = dry_build("backbone", cfg.backbone)
     dry_build("head", cfg.head, embedding_size=int(backbone.embedding_size), num_classes=1_000_000)
     check_node("data", cfg.data, exclude=("loader",), input_size=tuple(backbone.input_size))
+    check_data_root(cfg)
     for name, node in (cfg.data.get("augment") or {}).items():
         if node is not None:
             check_node(f"data.augment.{name}", node)
     check_benchmarks(cfg)
     dry_build("optim", cfg.optim)
     dry_build("sched", cfg.sched)
+    warmup = cfg.sched.get("warmup_epochs")
+    if isinstance(warmup, (int, float)) and cfg.trainer.max_steps is None and warmup >= cfg.trainer.epochs > 0:
+        raise ConfigError(f"sched.warmup_epochs={warmup}: the warm-up is as long as the run or longer "
+                          f"(trainer.epochs={cfg.trainer.epochs}); shorten it")
+
+
+#: what a training reader expects under data.root, by target
+_DATA_LAYOUTS = {"frtrain.data.folder.FaceFolder": "one folder per identity: <root>/<identity>/<image>",
+                 "frtrain.data.recordio.RecordFaces": "insightface's train.rec and train.idx"}
+
+
+def check_data_root(cfg: DictConfig) -> None:
+    """``data.root`` exists; when it is built from ``paths.datasets`` (the experiments), say to set that."""
+    node = cfg.data
+    if "root" not in node or OmegaConf.is_missing(node, "root") or node.root in (None, ""):
+        return
+    root = os.path.abspath(os.path.expanduser(str(node.root)))
+    if os.path.exists(root):
+        return
+    layout = _DATA_LAYOUTS.get(str(node.get("_target_")), "the training data")
+    raw = str(node._get_node("root")._value())
+    if "paths.datasets" in raw:
+        sub = raw.split("}", 1)[-1].lstrip("/") or "."
+        raise ConfigError(f"data.root={root}: no such directory; it is paths.datasets + '/{sub}' "
+                          f"(paths.datasets={cfg.paths.datasets}): set paths.datasets=<the directory that holds "
+                          f"{sub}/> (or FRTRAIN_DATASETS); {sub}/ is expected to hold {layout}")
+    raise ConfigError(f"data.root={root}: no such directory (expected {layout})")
 
 
 def check_benchmarks(cfg: DictConfig) -> None:
@@ -406,6 +475,7 @@ def check_benchmarks(cfg: DictConfig) -> None:
 
 def validate_eval_command(cfg: DictConfig) -> None:
     """Checks of a ``frtrain-eval`` config before any model or benchmark file is read."""
+    check_schema_keys(cfg)
     validate_eval(cfg.eval)
     convention = cfg.get("input")
     if convention is not None:

@@ -68,19 +68,45 @@ def barrier() -> None:
         dist.barrier()
 
 
-def init_from_env(timeout_minutes: float = 30.0) -> bool:
+def init_from_env(rendezvous_seconds: float = 60.0, timeout_minutes: float = 30.0) -> bool:
     """Join the process group that torchrun describes in the environment, if any.
 
     Returns True when a process group with more than one rank is running. NCCL is used when CUDA is
-    available, gloo otherwise. Nothing happens at import time.
+    available, gloo otherwise. Nothing happens at import time. What it waits for (rank, world size, address) is
+    logged at once; the other ranks must join within ``rendezvous_seconds`` (``trainer.dist_timeout``), after
+    which it stops with one line; collectives then wait up to ``timeout_minutes`` (a rank scoring benchmarks
+    while the others wait at a barrier).
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    import logging
+
+    from frtrain.errors import ConfigError, FrtrainError, first_line
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit():
+        raise ConfigError(f"WORLD_SIZE={world!r} in the environment: expected a number of processes")
+    if int(world) <= 1:
         return False
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank())
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    if dist.is_initialized():
+        return is_distributed()
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={world} is set in the environment but {', '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not: start the ranks with torchrun, or unset "
+                          "WORLD_SIZE to train in one process")
+    where = (f"rank {os.environ['RANK']} of WORLD_SIZE={world} at {os.environ['MASTER_ADDR']}:"
+             f"{os.environ['MASTER_PORT']}")
+    logging.getLogger("frtrain").warning("joining the process group as %s; waiting up to %g s for the other ranks "
+                                         "(trainer.dist_timeout)", where, rendezvous_seconds)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=rendezvous_seconds))
+    except (RuntimeError, ValueError, dist.DistError) as e:
+        raise FrtrainError(f"could not join the process group as {where} within trainer.dist_timeout="
+                           f"{rendezvous_seconds:g} s ({first_line(e)}); start every rank with torchrun, or unset "
+                           "WORLD_SIZE to train in one process") from None
+    dist.set_timeout(datetime.timedelta(minutes=timeout_minutes))
     return is_distributed()
 
 

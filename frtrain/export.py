@@ -88,13 +88,17 @@ def onnx_parity(backbone: torch.nn.Module, path: str, batch_size: int = 4, seed:
 def read_threshold(source: str, benchmark: str | None, far: float) -> dict:
     """The cosine threshold at ``far`` that a ``frtrain-eval`` report (its report.json, or the run directory holding
     it) states for ``benchmark`` (the only one when None): ``{cosine, far, benchmark, impostors, reliable, source}``."""
-    import json
+    from frtrain.engine.checkpoint_fields import check_threshold
+    from frtrain.errors import CheckpointError
+    from frtrain.safe_files import read_json
 
     path = os.path.join(source, "report.json") if os.path.isdir(source) else source
     if not os.path.isfile(path):
         raise ConfigError(f"threshold.report={source}: no report.json there (write one with frtrain-eval)")
-    with open(path) as f:
-        results = json.load(f).get("results", {})
+    results = read_json(path, "frtrain-eval report").get("results", {})
+    if not isinstance(results, dict) or not all(isinstance(r, dict) and isinstance(r.get("far_thresholds", {}), dict)
+                                                for r in results.values()):
+        raise ConfigError(f"{path}: is not a frtrain-eval report.json (results by benchmark with far_thresholds)")
     names = [n for n, r in results.items() if r.get("far_thresholds")]
     if benchmark is None:
         if len(names) != 1:
@@ -105,8 +109,14 @@ def read_threshold(source: str, benchmark: str | None, far: float) -> dict:
     entry = results[benchmark]["far_thresholds"].get(f"{far:g}")
     if entry is None:
         raise ConfigError(f"threshold.far={far:g}: {path} states FARs {sorted(results[benchmark]['far_thresholds'])}")
-    return {"cosine": float(entry["cosine"]), "far": far, "benchmark": benchmark, "impostors": int(entry["impostors"]),
-            "reliable": bool(entry["reliable"]), "source": os.path.abspath(path)}
+    record = {"cosine": entry.get("cosine") if isinstance(entry, dict) else None, "far": far, "benchmark": benchmark,
+              "impostors": entry.get("impostors") if isinstance(entry, dict) else None,
+              "reliable": bool(entry.get("reliable")) if isinstance(entry, dict) else False,
+              "source": os.path.abspath(path)}
+    try:
+        return check_threshold(record, f"{path}: results.{benchmark}.far_thresholds.{far:g}")
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
 
 
 def export(cfg: DictConfig) -> str:

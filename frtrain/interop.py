@@ -13,7 +13,7 @@ import sys
 from frtrain.cli import quiet_third_party_warnings
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine.insightface import import_training_dir, rank_files
-from frtrain.errors import ConfigError, FrtrainError
+from frtrain.errors import ConfigError, FrtrainError, first_line
 
 
 def backbone_config(name: str, overrides: list[str] | None = None):
@@ -23,7 +23,7 @@ def backbone_config(name: str, overrides: list[str] | None = None):
     try:
         return config.compose("train", [f"backbone={name}"] + list(overrides or [])).backbone
     except Exception as e:
-        raise ConfigError(f"backbone={name}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"backbone={name}: {first_line(e)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

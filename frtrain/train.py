@@ -25,7 +25,9 @@ from frtrain import distributed as D
 from frtrain.backbones.common import check_backbone
 from frtrain.cli import hydra_entry_point, run_directory
 from frtrain.data.loader import ResumableBatchSampler, make_loader, resolve_threads, resolve_workers
+from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine.build import build
+from frtrain.engine.run_dir import RunDirectoryBusy, RunLock, remove_unstarted, untouched
 
 log = logging.getLogger("frtrain")
 
@@ -37,15 +39,56 @@ def seed_everything(seed: int) -> None:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Build everything ``cfg`` describes and train; returns the final verification results by name."""
-    config.validate_train(cfg)  # every node, before any data is generated or indexed
+    """Build everything ``cfg`` describes and train; returns the final verification results by name.
+
+    A run that stops before its first step (a config mistake, missing data) removes the run directory Hydra made
+    for it; a run directory is held by one run at a time (:class:`~frtrain.engine.run_dir.RunLock`).
+    """
+    fresh = untouched(run_directory(cfg))
+    lock, trainer, busy = None, None, False
+    try:
+        config.validate_train(cfg)  # every node, before any data is generated or indexed
+        D.init_from_env(rendezvous_seconds=float(cfg.trainer.dist_timeout))
+        if not D.is_main():  # rank 0 logs, evaluates and writes; the others only warn
+            log.setLevel(logging.WARNING)
+        out_dir = D.broadcast_object(run_directory(cfg))  # Hydra's timestamped directory can differ between ranks
+        os.makedirs(out_dir, exist_ok=True)
+        message = None
+        if D.is_main():  # one run at a time in a directory
+            try:
+                lock = RunLock(out_dir)
+                lock.acquire()
+            except RunDirectoryBusy as e:
+                lock, message = None, str(e)
+        message = D.broadcast_object(message)
+        if message:
+            busy = True
+            raise RunDirectoryBusy(message)
+        if D.is_main():
+            ckpt_io.remove_stale_temporaries(os.path.join(out_dir, "checkpoints"))
+        trainer = build_trainer(cfg, out_dir)
+        trainer.restore()
+        results = trainer.fit()
+    except BaseException:
+        if fresh and not busy and D.is_main() and (trainer is None or trainer.steps_run == 0):
+            remove_unstarted(run_directory(cfg))  # a run that never took a step leaves no directory behind
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    if D.is_main():
+        for name, r in results.items():
+            print(f"verification on {name}: {r.headline()} "
+                  f"(best {100 * trainer.state.best_score:.2f}% at step {trainer.state.best_step}); "
+                  f"checkpoints in {trainer.ckpt_dir}", flush=True)
+    return {name: r.to_dict() for name, r in results.items()}
+
+
+def build_trainer(cfg: DictConfig, out_dir: str):
+    """Everything ``cfg`` describes, built top to bottom and handed to a :class:`Trainer`."""
     from frtrain.engine.trainer import Trainer, model_meta, resolve_device, schedule_length  # TensorBoard, sklearn:
     from frtrain.evaluation.verify import Verifier  # imported after the checks, so a config mistake fails in ~3 s
-    D.init_from_env()
-    if not D.is_main():  # rank 0 logs, evaluates and writes; the others only warn
-        log.setLevel(logging.WARNING)
-    out_dir = D.broadcast_object(run_directory(cfg))  # Hydra's timestamped directory can differ between ranks
-    os.makedirs(out_dir, exist_ok=True)
+
     opts, loader_cfg = config.to_object(cfg.trainer), config.to_object(cfg.data.loader)
     workers = resolve_workers(loader_cfg.num_workers)
     torch.set_num_threads(resolve_threads(opts.threads))
@@ -74,19 +117,10 @@ def train(cfg: DictConfig) -> dict:
                       OmegaConf.to_container(cfg.head, resolve=True), backbone, dataset.num_classes)
     log.info("output directory: %s; %d CPU threads, %d loader workers; head: %s", out_dir,
              torch.get_num_threads(), workers, head)
-
-    trainer = Trainer(backbone, head, dataset, sampler, loader, optimizer, scheduler, verifier, opts, out_dir, meta,
-                      total_steps, steps_per_epoch, seed=cfg.seed, eval_every=cfg.eval.every_steps,
-                      eval_at_start=cfg.eval.at_start, select=cfg.eval.select,
-                      final_only=tuple(cfg.eval.get("final_only") or ()), device=device)
-    trainer.restore()
-    results = trainer.fit()
-    if D.is_main():
-        for name, r in results.items():
-            print(f"verification on {name}: {r.headline()} "
-                  f"(best {100 * trainer.state.best_score:.2f}% at step {trainer.state.best_step}); "
-                  f"checkpoints in {trainer.ckpt_dir}", flush=True)
-    return {name: r.to_dict() for name, r in results.items()}
+    return Trainer(backbone, head, dataset, sampler, loader, optimizer, scheduler, verifier, opts, out_dir, meta,
+                   total_steps, steps_per_epoch, seed=cfg.seed, eval_every=cfg.eval.every_steps,
+                   eval_at_start=cfg.eval.at_start, select=cfg.eval.select,
+                   final_only=tuple(cfg.eval.get("final_only") or ()), device=device)
 
 
 def _task(cfg: DictConfig) -> float | None:

@@ -72,6 +72,8 @@ def verify(opts: dict[str, str], images: list[str]) -> tuple[float, dict | None]
     if opts.get("threshold"):
         try:
             record = {"cosine": float(opts["threshold"]), "far": None, "benchmark": "given on the command line"}
+            if not -1.0 <= record["cosine"] <= 1.0:
+                raise ValueError
         except ValueError:
             raise ConfigError(f"threshold={opts['threshold']!r}: expected a cosine similarity, e.g. threshold=0.3") from None
     landmarks = None

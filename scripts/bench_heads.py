@@ -69,15 +69,15 @@ def measure_setting(device: str, batch: int, classes: int, dim: int, heads: list
                     ) -> list[dict]:
     """Time (``what`` = time|both) and peak memory (memory|both) of each head and path at one (device, B, C)."""
     import torch
-    from omegaconf import OmegaConf
 
+    from frtrain.config import compose
     from frtrain.engine.build import build
 
     torch.manual_seed(0)
     dev = torch.device(device)
     rows = []
     for name, path, class_dtype in ((n, p, t) for n in heads for t in class_dtypes for p in paths):
-        node = OmegaConf.load(ROOT / "configs" / "head" / f"{name}.yaml")
+        node = compose("train", [f"head={name}"]).head  # the head's file with the options every head shares
         head = build("head", node, embedding_size=dim, num_classes=classes,
                      chunk_size=chunk_option(path, batch, classes, dev.type), class_dtype=class_dtype).to(dev)
         x = torch.randn(batch, dim, device=dev, requires_grad=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from frtrain.data.base import CorruptImages
 from frtrain.data.folder import FaceFolder
 from frtrain.data.images import CorruptImageError, decode_image
 from frtrain.data.synthetic import draw_image
@@ -174,10 +175,112 @@ def test_a_run_over_hundreds_of_bad_files_trains_and_reports_exactly_the_bad_one
     assert any(f"{len(bad)} corrupt images were skipped" in w for w in warnings)
 
 
-def test_sixty_four_unreadable_files_in_a_row_stop_naming_the_first(tmp_path):
+def test_one_folder_of_unreadable_files_does_not_stop_a_run(tmp_path):
+    """A bad download of one person (64 corrupt files in a row in file order) is passed over: each of them is
+    replaced by an image drawn at random from the whole set (the next file in order would be of the same folder)."""
+    (tmp_path / "a_bad").mkdir()
+    for i in range(64):
+        (tmp_path / "a_bad" / f"{i:03d}.jpg").write_bytes(b"not an image")
+    for person in ("b", "c"):
+        (tmp_path / person).mkdir()
+        for i in range(8):
+            (tmp_path / person / f"{i}.jpg").write_bytes(draw_image(0, 1, ord(person), i, 24))
+    ds = FaceFolder(str(tmp_path), input_size=(8, 8), index_cache=False)
+    corrupt = CorruptImages(ds)
+    for i in range(64):  # every bad file yields a good image of another folder
+        image, label, skipped = ds[(i, 7)]
+        assert label in (1, 2) and i in skipped and image.shape == (3, 8, 8)
+        assert ds[(i, 7)][2] == skipped  # the same replacement every time (a resumed run draws the same)
+        corrupt.add(skipped)
+        corrupt.observe(1, len(skipped))  # about half the tries fail here: far from the stop
+    assert "a_bad (64)" in corrupt.where()
+
+
+def test_data_that_is_nearly_all_unreadable_stops_naming_where(tmp_path):
     (tmp_path / "a").mkdir()
     for i in range(70):
         (tmp_path / "a" / f"{i:03d}.jpg").write_bytes(b"not an image")
     ds = FaceFolder(str(tmp_path), input_size=(8, 8), index_cache=False)
-    with pytest.raises(DataError, match=r"a/000.jpg: this and the next 63 images cannot be decoded"):
+    with pytest.raises(DataError, match=r"a/000.jpg: neither this image nor 256 others drawn at random can be decoded"):
         ds[0]
+    corrupt = CorruptImages(ds)
+    corrupt.add(range(70))
+    with pytest.raises(DataError, match=r"76 of the last 80 images could not be decoded.*most in .*/a \(70\)"):
+        for _ in range(20):
+            corrupt.observe(1, 19)  # 95% of the tries fail
+
+
+
+def test_an_image_file_over_the_byte_limit_is_refused_by_its_size_before_it_is_read(tmp_path):
+    """Before: a 1 GiB '.jpg' was read whole (1 GiB in a worker) before anything was checked."""
+    import resource
+
+    from frtrain.data.images import DEFAULT_MAX_BYTES, read_image
+
+    big = tmp_path / "huge.jpg"
+    with open(big, "wb") as f:  # sparse: 1 GiB long, nothing on the disk
+        f.write(draw_image(0, 1, 0, 0, 24))
+        f.truncate(1 << 30)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CorruptImageError, match=r"huge.jpg: the file is larger than data.max_image_bytes=100,000,000"):
+        read_image(str(big))
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024 < 100
+    assert DEFAULT_MAX_BYTES == 100_000_000
+    small = tmp_path / "ok.jpg"
+    small.write_bytes(draw_image(0, 1, 0, 0, 24))
+    with pytest.raises(CorruptImageError, match="larger than data.max_image_bytes=100"):
+        read_image(str(small), max_bytes=100)
+
+
+def test_a_symlink_loop_in_an_identity_folder_is_skipped_and_named(tmp_path, caplog):
+    """Before: ELOOP from is_file() ended the run at indexing."""
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "alice" / "0.jpg").write_bytes(draw_image(0, 1, 0, 0, 24))
+    (tmp_path / "alice" / "loop1.jpg").symlink_to("loop2.jpg")
+    (tmp_path / "alice" / "loop2.jpg").symlink_to("loop1.jpg")
+    (tmp_path / "bob").symlink_to("bob")  # an identity folder that is a loop itself
+    with caplog.at_level(logging.WARNING):
+        ds = FaceFolder(str(tmp_path), input_size=(8, 8), index_cache=False)
+    assert len(ds) == 1 and ds.classes == ["alice"]
+    warning = next(r.getMessage() for r in caplog.records if "cannot be followed" in r.getMessage())
+    assert "skipped 3 entries" in warning and "loop1.jpg" in warning and "Too many levels of symbolic links" in warning
+
+
+def test_an_error_in_a_dataloader_worker_reaches_the_user_as_one_line(tmp_path):
+    """Before: torch's 'Caught DataError in DataLoader worker process 0' and a 20-40 line traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "data" / "alice").mkdir(parents=True)
+    for i in range(8):
+        (tmp_path / "data" / "alice" / f"{i}.jpg").write_bytes(b"broken" if i == 3 else draw_image(0, 1, 0, i, 24))
+    (tmp_path / "data" / "bob").mkdir()
+    for i in range(8):
+        (tmp_path / "data" / "bob" / f"{i}.jpg").write_bytes(draw_image(0, 1, 1, i, 24))
+    done = subprocess.run([sys.executable, "-m", "frtrain.train", "data=folder", f"data.root={tmp_path / 'data'}",
+                           "data.on_corrupt=raise", "data.loader.num_workers=1", "data.loader.batch_size=16",
+                           "backbone.input_size=24", "data.index_cache=false", "eval=none", "trainer.max_steps=2",
+                           "trainer.progress=false", f"output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == \
+        f"frtrain-train: error: {tmp_path / 'data' / 'alice' / '3.jpg'}: cannot decode image (not an image format " \
+        "Pillow reads)"
+    assert "Caught" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_dataloader_keeps_the_worker_message_and_its_traceback_for_whoever_wants_it():
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise DataError(f"file {i}: broken")
+
+    with pytest.raises(DataError) as e:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert str(e.value) == "file 0: broken" and "Traceback" in e.value.worker_traceback
+    del torch

@@ -176,3 +176,58 @@ def test_a_tiny_grid_trains_resumes_reuses_and_flags_a_recipe_difference(tmp_pat
     again = json.loads((tmp_path / "again" / "comparison.json").read_text())
     assert again["benchmarks"]["synthetic"]["heads"].keys() == bench["heads"].keys()
     assert os.path.isfile(tmp_path / "again" / "comparison.md")
+
+
+def _fake_run(root, name="arcface"):
+    """A finished run directory as frtrain-train writes it (results, config, cell, pairs)."""
+    run = root / "runs" / name / "seed-0"
+    (run / "pairs").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"final": {"lfw": {"accuracy": 0.9}}, "train_seconds": 3.0,
+                                                  "history": {"eval": [{"step": 5, "accuracy": 0.9}]}}))
+    (run / "config.yaml").write_text("seed: 0\nhead:\n  _target_: frtrain.heads.ArcFace\n")
+    (run / "compare_cell.json").write_text(json.dumps({"head": name, "split": []}))
+    np.savez(run / "pairs" / "lfw.npz", issame=np.array([True, False]), score=np.array([0.9, 0.1]),
+             correct=np.array([True, True]), fold=np.array([0, 0]))
+    return run
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("results.json", "{not json", "is not valid JSON"),
+    ("results.json", "[1, 2]", "holds a JSON list"),
+    ("results.json", json.dumps({"final": {"lfw": 0.9}}), "is not a frtrain-train results.json"),
+    ("compare_cell.json", json.dumps({"head": 3}), "expected {\"head\""),
+    ("config.yaml", "seed: !!python/object/apply:os.system ['echo ran']\n", "is not a plain YAML"),
+    ("config.yaml", "- a list\n", "is not a frtrain-train config"),
+    ("pairs/lfw.npz", None, "holds Python objects"),
+    ("pairs/lfw.npz", b"PK\x03\x04 not a zip", "is not a readable .npz"),
+])
+def test_compare_report_answers_a_malformed_file_in_one_line_naming_it(tmp_path, capsys, file, content, message):
+    run = _fake_run(tmp_path)
+    target = run / file
+    if content is None:
+        np.savez(target, issame=np.array([{"a": 1}], dtype=object), score=np.zeros(1), correct=np.zeros(1, bool))
+    elif isinstance(content, bytes):
+        target.write_bytes(content)
+    else:
+        target.write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        main(["report", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and message in err[0], err
+
+
+def test_an_npz_whose_header_claims_more_than_it_holds_is_refused_before_allocating(tmp_path):
+    import zipfile
+
+    from frtrain.errors import DataError
+    from frtrain.safe_files import read_npz
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(3))
+    header["shape"] = (10**12,)
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w") as z:
+        with z.open("score.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(np.zeros(3).tobytes())
+    with pytest.raises(DataError, match=r"array 'score' declares shape \(1000000000000,\) of float64, more than its"):
+        read_npz(tmp_path / "bomb.npz")

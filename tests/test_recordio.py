@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
 import pytest
 
-from frtrain.data.images import decode_image
+from frtrain.data.images import CorruptImageError, decode_image
 from frtrain.data.recordio import RecordFaces, RecordFile
 from frtrain.data.synthetic import draw_image
 from frtrain.errors import DataError
@@ -60,7 +61,7 @@ def test_records_are_read_back_image_for_image_and_label_for_label(tmp_path, hea
     images, labels = _images(7), [0, 1, 2, 0, 1, 2, 2]
     _write(tmp_path, images, labels, header0, float_arrays)
     f = RecordFile(str(tmp_path / "train.rec"))
-    assert f.image_keys == (list(range(1, 8)) if header0 else list(range(7)))
+    assert f.image_keys.tolist() == (list(range(1, 8)) if header0 else list(range(7)))
     for k, img, lab in zip(f.image_keys, images, labels):
         got_labels, got_img = f.record(k)
         assert got_img == img and int(got_labels[0]) == lab
@@ -165,3 +166,56 @@ def test_rec2folder_names_each_payload_by_its_format(tmp_path):
     assert rec2folder.main([str(rec), str(tmp_path / "out")]) == 0
     written = sorted(p.name for p in (tmp_path / "out" / "000000").iterdir())
     assert written == sorted(f"{k}{ext}" for k, ext in enumerate(payloads))
+
+
+# -- hostile files: sizes are checked against the index before anything of their size is made -----------------
+def _label_at(tmp_path, key: int, value: float) -> None:
+    """Set the IfQQ label of record ``key`` to ``value`` in place."""
+    offset = dict(line.split() for line in (tmp_path / "train.idx").read_text().splitlines())[str(key)]
+    raw = bytearray((tmp_path / "train.rec").read_bytes())
+    raw[int(offset) + 12:int(offset) + 16] = struct.pack("<f", value)
+    (tmp_path / "train.rec").write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("value, shown", [(1e9, "1e+09"), (float("nan"), "nan"), (-1.0, "-1"), (2.5, "2.5")])
+def test_a_label_that_is_no_class_number_is_refused_in_one_line_without_building_that_many_classes(tmp_path, value,
+                                                                                                   shown):
+    """Before: one label of 1e9 made the reader build 10^9 class-name strings."""
+    _write(tmp_path, _images(5), [0, 1, 2, 1, 0], header0=False)
+    _label_at(tmp_path, 3, value)
+    with pytest.raises(DataError, match=rf"train.rec record 3: label {re.escape(shown)} is not a class number 0..4 \(the file "
+                                        r"holds 5 images\)"):
+        RecordFaces(str(tmp_path), input_size=(24, 24), augment=[])
+
+
+@pytest.mark.parametrize("first, end, message", [
+    (1e9, 1e9 + 3, r"header says images are keys 1..999999999, the index .* has 6 records"),
+    (float("nan"), 9.0, r"header labels nan, 9.0 are not whole numbers"),
+    (6.0, 1e9, r"header says 999,999,994 identities for 5 images"),
+])
+def test_a_header_range_is_checked_against_the_index_before_it_is_allocated(tmp_path, first, end, message):
+    _write(tmp_path, _images(5), [0, 1, 2, 1, 0], header0=True)
+    offset = int((tmp_path / "train.idx").read_text().splitlines()[0].split()[1])
+    raw = bytearray((tmp_path / "train.rec").read_bytes())
+    raw[offset + 32:offset + 40] = struct.pack("<ff", first, end)  # the header's two float labels
+    (tmp_path / "train.rec").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=message):
+        RecordFaces(str(tmp_path), input_size=(24, 24), augment=[])
+
+
+def test_a_bad_record_in_the_middle_is_a_skipped_sample_not_the_end_of_the_run(tmp_path):
+    _write(tmp_path, _images(6), [0, 1, 2, 1, 0, 2], header0=True)
+    lines = (tmp_path / "train.idx").read_text().splitlines()
+    raw = bytearray((tmp_path / "train.rec").read_bytes())
+    bad_magic = int(lines[2].split()[1])  # record 2: its magic word overwritten
+    raw[bad_magic:bad_magic + 4] = b"\0\0\0\0"
+    huge = int(lines[4].split()[1])  # record 4: its length says 512 MB
+    raw[huge + 4:huge + 8] = struct.pack("<I", (1 << 29) - 1)
+    (tmp_path / "train.rec").write_bytes(bytes(raw))
+    _label_at(tmp_path, 5, 7.0)  # record 5: a label outside the 3 classes
+    data = RecordFaces(str(tmp_path), input_size=(24, 24), augment=[])
+    for index, key in ((1, 2), (3, 4), (4, 5)):
+        image, label, skipped = data[(index, 0)]
+        assert index in skipped and image.shape == (3, 24, 24)
+    with pytest.raises(CorruptImageError, match="declares more than"):  # refused before 512 MB are read
+        data.sample(3)

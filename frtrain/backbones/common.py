@@ -7,18 +7,27 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
-from frtrain.errors import ConfigError
+from frtrain.errors import ConfigError, brief
 
 #: normalisation of insightface-style backbones: (x/255 - 0.5)/0.5
 HALF = (0.5, 0.5, 0.5)
 
 
-def as_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
-    """112 -> (112, 112); (112, 96) -> (112, 96)."""
-    if isinstance(input_size, int):
-        return (input_size, input_size)
-    h, w = input_size
-    return (int(h), int(w))
+#: largest input side (pixels) a backbone accepts: face models take 96..224; a record or metadata asking for
+#: more is a mistake or an attack (an image resized to 100000 x 100000 alone is 30 GB)
+MAX_INPUT_SIDE = 1024
+
+
+def as_hw(input_size: int | Sequence[int], key: str = "input_size") -> tuple[int, int]:
+    """112 -> (112, 112); (112, 96) -> (112, 96); each side an integer in 1..:data:`MAX_INPUT_SIDE`."""
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, float, Sequence)) or isinstance(input_size, str):
+        raise ConfigError(f"{key}={brief(input_size)}: expected a side in pixels or [H, W]")
+    sides = (input_size, input_size) if isinstance(input_size, (int, float)) else tuple(input_size)
+    if len(sides) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer()
+                                  and 1 <= v <= MAX_INPUT_SIDE for v in sides):
+        raise ConfigError(f"{key}={brief(list(input_size) if not isinstance(input_size, (int, float)) else input_size)}"
+                          f": expected a side in pixels or [H, W], each an integer from 1 to {MAX_INPUT_SIDE}")
+    return (int(sides[0]), int(sides[1]))
 
 
 def downsampled(size: int, times: int) -> int:

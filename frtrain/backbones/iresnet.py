@@ -99,7 +99,7 @@ class IResNet(nn.Module):
                 f"backbone: width and embedding_size must be positive and dropout in [0, 1), got "
                 f"width={width}, embedding_size={embedding_size}, dropout={dropout}"
             )
-        self.input_size = as_hw(input_size)
+        self.input_size = as_hw(input_size, "backbone.input_size")
         self.mean, self.std = HALF, HALF
         self.embedding_size = int(embedding_size)
 

@@ -119,7 +119,7 @@ class MobileFaceNet(nn.Module):
                 f"backbone: blocks must be 4 positive counts and scale, embedding_size positive, got "
                 f"blocks={list(blocks)}, scale={scale}, embedding_size={embedding_size}"
             )
-        self.input_size = as_hw(input_size)
+        self.input_size = as_hw(input_size, "backbone.input_size")
         self.mean, self.std = HALF, HALF
         self.embedding_size = int(embedding_size)
         c64, c128 = 64 * scale, 128 * scale

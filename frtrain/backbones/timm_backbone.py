@@ -47,7 +47,7 @@ class TimmBackbone(nn.Module):
         if pretrained_file:
             extra.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)})
         self.body = timm.create_model(name, num_classes=0, **extra)
-        self.input_size = as_hw(input_size)
+        self.input_size = as_hw(input_size, "backbone.input_size")
         cfg = getattr(self.body, "pretrained_cfg", {}) or {}
         if pretrained_file and "mean" in cfg:
             self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])

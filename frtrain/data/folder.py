@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from frtrain.data.base import ImageDataset
-from frtrain.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image, resize_to
-from frtrain.errors import ConfigError, DataError
+from frtrain.data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image, resize_to
+from frtrain.errors import ConfigError, DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,35 @@ def _visible_entries(path: str):
         return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
 
 
+def _is(entry: os.DirEntry, kind: str, unreadable: list[str]) -> bool:
+    """``entry.is_dir()`` / ``entry.is_file()``; an entry that cannot be followed (a symlink loop, a dangling or
+    unreadable link) is noted in ``unreadable`` and counts as neither."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError as e:
+        unreadable.append(f"{entry.path} ({e.strerror or first_line(e)})")
+        return False
+
+
+def _mtime(entry: os.DirEntry) -> int:
+    try:
+        return entry.stat().st_mtime_ns
+    except OSError:
+        return entry.stat(follow_symlinks=False).st_mtime_ns
+
+
 def _fingerprint(root: str, identity_dirs: list[os.DirEntry]) -> str:
     h = hashlib.sha1(f"{_INDEX_VERSION}:{root}".encode())
     for e in identity_dirs:
-        h.update(f"{e.name}\0{e.stat().st_mtime_ns}\n".encode())
+        h.update(f"{e.name}\0{_mtime(e)}\n".encode())
     return h.hexdigest()
+
+
+def _report_unreadable(unreadable: list[str], first: int = 5) -> None:
+    if unreadable:
+        more = f" and {len(unreadable) - first} more" if len(unreadable) > first else ""
+        log.warning("skipped %d entr%s that cannot be followed: %s%s", len(unreadable),
+                    "y" if len(unreadable) == 1 else "ies", ", ".join(unreadable[:first]), more)
 
 
 def scan_identity_folders(root: str) -> tuple[list[str], np.ndarray, np.ndarray, list[os.DirEntry]]:
@@ -52,7 +76,8 @@ def scan_identity_folders(root: str) -> tuple[list[str], np.ndarray, np.ndarray,
     entries = _visible_entries(root)
     if not entries:
         raise DataError(f"data.root {root}: is empty, expected one folder per identity (root/<identity>/<image>)")
-    identity_dirs = [e for e in entries if e.is_dir()]
+    unreadable: list[str] = []
+    identity_dirs = [e for e in entries if _is(e, "dir", unreadable)]
     if not identity_dirs:
         loose = sum(1 for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS))
         what = f"{loose} loose image files" if loose else "no folders"
@@ -60,15 +85,23 @@ def scan_identity_folders(root: str) -> tuple[list[str], np.ndarray, np.ndarray,
             f"data.root {root}: holds {what} but no identity folders; expected root/<identity>/<image>"
         )
     classes, rel_paths, labels = [], [], []
-    for label, d in enumerate(identity_dirs):
-        files = [e.name for e in _visible_entries(d.path) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
+    for d in identity_dirs:
+        try:
+            listed = _visible_entries(d.path)
+        except OSError as e:
+            unreadable.append(f"{d.path} ({e.strerror or first_line(e)})")
+            continue
+        files = [e.name for e in listed if e.name.lower().endswith(IMAGE_EXTENSIONS) and _is(e, "file", unreadable)]
         if not files:
             raise DataError(
                 f"identity folder {d.path}: has no image files (looked for {', '.join(IMAGE_EXTENSIONS)})"
             )
         classes.append(d.name)
         rel_paths.extend(f"{d.name}/{f}" for f in files)
-        labels.extend([label] * len(files))
+        labels.extend([len(classes) - 1] * len(files))
+    _report_unreadable(unreadable)
+    if not classes:
+        raise DataError(f"data.root {root}: none of its identity folders can be read")
     return classes, np.array([p.encode() for p in rel_paths]), np.asarray(labels, dtype=np.int64), identity_dirs
 
 
@@ -80,7 +113,7 @@ def load_index(root: str, cache_dir: str | None) -> tuple[list[str], np.ndarray,
         return classes, paths, labels
     cache = Path(os.path.expanduser(cache_dir)) / "index" / (hashlib.sha1(root.encode()).hexdigest()[:16] + ".npz")
     if os.path.isdir(root):
-        identity_dirs = [e for e in _visible_entries(root) if e.is_dir()]
+        identity_dirs = [e for e in _visible_entries(root) if _is(e, "dir", [])]
         fingerprint = _fingerprint(root, identity_dirs)
         if cache.is_file():
             try:
@@ -156,7 +189,8 @@ class FaceFolder(ImageDataset):
 
     Args:
         root: the directory of identity folders.
-        input_size, augment, on_corrupt, max_image_pixels: see :class:`~frtrain.data.base.ImageDataset`.
+        input_size, augment, on_corrupt, max_image_pixels, max_image_bytes: see
+            :class:`~frtrain.data.base.ImageDataset`.
         index_cache: reuse a cached file index (under ``cache_dir``) while the tree is unchanged.
         cache_dir: where the index cache lives.
         identities: train only on these identity folders: a list of names, the path of a text file with one
@@ -178,8 +212,9 @@ class FaceFolder(ImageDataset):
         min_images_per_identity: int = 1,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         exclude_identities: str | Sequence[str] | Mapping[str, Any] | None = None,
+        max_image_bytes: int = DEFAULT_MAX_BYTES,
     ):
-        super().__init__(input_size, augment, on_corrupt, max_image_pixels)
+        super().__init__(input_size, augment, on_corrupt, max_image_pixels, max_image_bytes)
         if root is None or str(root) in ("", "???"):
             raise ConfigError("data.root is not set: give the directory of identity folders, e.g. data.root=/data/casia")
         self.root = os.path.abspath(os.path.expanduser(str(root)))
@@ -201,7 +236,7 @@ class FaceFolder(ImageDataset):
 
     def load(self, index: int) -> np.ndarray:
         """The decoded (H, W, 3) uint8 image at ``index``, resized to ``input_size``."""
-        return resize_to(read_image(self.path(index), self.max_image_pixels), self.input_size)
+        return resize_to(read_image(self.path(index), self.max_image_pixels, self.max_image_bytes), self.input_size)
 
     def sample(self, index: int) -> tuple[np.ndarray, int]:
         return self.load(index), int(self.labels[index])

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import struct
+import warnings
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from frtrain.errors import DataError
+from frtrain.errors import DataError, first_line
 
 #: file endings recognised as images when scanning identity folders
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".webp", ".tif", ".tiff")
@@ -18,6 +21,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".w
 #: sensors of today's cameras (108 MP phones), below Pillow's decompression-bomb refusal (179 MP). A header
 #: declaring more is a decompression bomb or a corrupt file, treated as an undecodable image.
 DEFAULT_MAX_PIXELS = 150_000_000
+
+#: largest image file (bytes) read by default: 100 MB, thousands of times a face crop (~10 KB) and above a
+#: 150-megapixel JPEG; a bigger file is refused by its size before it is read (a 1 GiB ".jpg" costs nothing)
+DEFAULT_MAX_BYTES = 100_000_000
 
 
 class CorruptImageError(DataError):
@@ -33,19 +40,9 @@ def decode_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     raises :class:`CorruptImageError` naming ``source``.
     """
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise CorruptImageError(f"{source}: its header declares {w}x{h} = {w * h:,} pixels, more than "
-                                        f"data.max_image_pixels={max_pixels:,} (a decompression bomb or a corrupt file)")
-            img.load()  # raises on truncated data
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                arr = np.clip(np.rint(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-                return np.repeat(arr[:, :, None], 3, axis=2)
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            arr = np.asarray(img, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on damaged EXIF or TIFF tags: the pixels still decode
+            return _decode(data, source, max_pixels)
     except CorruptImageError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own refusal, above 2 x its MAX_IMAGE_PIXELS, at open()
@@ -53,20 +50,47 @@ def decode_image(data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS)
         declared = f"{int(m.group(1)):,} pixels" if m else "more pixels than Pillow allows"
         raise CorruptImageError(f"{source}: its header declares {declared}, more than data.max_image_pixels="
                                 f"{max_pixels:,} (a decompression bomb or a corrupt file)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as e:
+    except UnidentifiedImageError:
+        raise CorruptImageError(f"{source}: cannot decode image (not an image format Pillow reads)") from None
+    except (OSError, SyntaxError, ValueError, MemoryError, EOFError, struct.error,
+            ZeroDivisionError, IndexError, KeyError, TypeError) as e:
         raise CorruptImageError(f"{source}: cannot decode image ({str(e) or type(e).__name__})") from None
+
+
+def _decode(data: bytes, source: str, max_pixels: int) -> np.ndarray:
+    """:func:`decode_image` without its error translation."""
+    with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise CorruptImageError(f"{source}: its header declares {w}x{h} = {w * h:,} pixels, more than "
+                                    f"data.max_image_pixels={max_pixels:,} (a decompression bomb or a corrupt file)")
+        img.load()  # raises on truncated data
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            arr = np.clip(np.rint(arr * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+            return np.repeat(arr[:, :, None], 3, axis=2)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise CorruptImageError(f"{source}: decoded to an unexpected shape {arr.shape}")
     return arr
 
 
-def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read and decode an image file; see :func:`decode_image`."""
+def read_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
+    """Read and decode an image file; see :func:`decode_image`. A file over ``max_bytes`` is refused by its size
+    before it is read (and no more than ``max_bytes`` are ever read, whatever the file system says)."""
+    too_big = (f"{path}: the file is larger than data.max_image_bytes={max_bytes:,} bytes (a face crop is ~10 KB); "
+               "not read")
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            if os.fstat(f.fileno()).st_size > max_bytes:
+                raise CorruptImageError(too_big)
+            data = f.read(max_bytes + 1)
     except OSError as e:
-        raise CorruptImageError(f"{path}: cannot read file ({e.strerror})") from None
+        raise CorruptImageError(f"{path}: cannot read file ({e.strerror or first_line(e)})") from None
+    if len(data) > max_bytes:
+        raise CorruptImageError(too_big)
     return decode_image(data, path, max_pixels)
 
 

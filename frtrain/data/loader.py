@@ -94,10 +94,15 @@ def resolve_threads(threads) -> int:
 
 
 def _one_thread_per_worker(_worker_id: int) -> None:
+    """A training worker: one thread, and deaf to Ctrl-C (the trainer finishes its step, saves and stops the
+    workers; a worker killed by the terminal's SIGINT would leave the step without its batches)."""
+    import signal
+
     import cv2
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_loader(dataset: Dataset, batch_sampler: Sampler, num_workers, pin_memory: bool,

@@ -20,7 +20,7 @@ import struct
 import numpy as np
 
 from frtrain.data.base import ImageDataset
-from frtrain.data.images import DEFAULT_MAX_PIXELS, decode_image, resize_to
+from frtrain.data.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, CorruptImageError, decode_image, resize_to
 from frtrain.errors import ConfigError, DataError
 
 MAGIC = 0xCED7230A
@@ -44,9 +44,10 @@ def read_index(path: str) -> dict[int, int]:
     return index
 
 
-def read_record(f, offset: int, path: str) -> bytes:
-    """The payload of the record at ``offset`` of the open file ``f`` (continuation parts joined)."""
-    parts = []
+def read_record(f, offset: int, path: str, max_bytes: int | None = None) -> bytes:
+    """The payload of the record at ``offset`` of the open file ``f`` (continuation parts joined); a record whose
+    parts declare more than ``max_bytes`` is refused before they are read."""
+    parts, total = [], 0
     while True:
         f.seek(offset)
         head = f.read(8)
@@ -57,6 +58,10 @@ def read_record(f, offset: int, path: str) -> bytes:
             raise DataError(f"{path}: bad magic 0x{magic:08x} at byte offset {offset} (expected 0x{MAGIC:08x}); "
                             "is this a RecordIO .rec, and does the .idx belong to it?")
         cflag, length = lrec >> 29, lrec & ((1 << 29) - 1)
+        total += length
+        if max_bytes is not None and total > max_bytes:
+            raise DataError(f"{path}: the record at byte offset {offset} declares more than {max_bytes:,} bytes "
+                            "(data.max_image_bytes); not read")
         data = f.read(length)
         if len(data) < length:
             raise DataError(f"{path}: record at byte offset {offset} promises {length} bytes, the file ends first")
@@ -104,30 +109,67 @@ class RecordFile:
         self._handle, self._pid = None, None
         self.header0 = None
         if 0 in self.index:
-            labels, _, _ = unpack(self.payload(0), f"{self.path} record 0")
+            labels, _, _ = unpack(self.payload(0, 1 << 20), f"{self.path} record 0")
             if labels.size >= 2:  # insightface's header record
-                self.header0 = (int(labels[0]), int(labels[1]))
+                self.header0 = self._checked_header(labels)
+        keys = np.fromiter(self.index, dtype=np.int64, count=len(self.index))
+        keys.sort()
         if self.header0:
-            self.image_keys = list(range(1, self.header0[0]))
-            missing = [k for k in self.image_keys[:1] + self.image_keys[-1:] if k not in self.index]
-            if missing:
+            # checked against the index before anything of the header's size is made
+            self.image_keys = np.arange(1, self.header0[0], dtype=np.int64)
+            present = np.isin(self.image_keys, keys, assume_unique=True)
+            if not present.all():
                 raise DataError(f"{self.idx_path}: header record 0 says images are keys 1..{self.header0[0] - 1}, "
-                                f"key {missing[0]} is not in the index")
+                                f"key {int(self.image_keys[~present][0])} is not in the index")
         else:
-            self.image_keys = sorted(self.index)
+            self.image_keys = keys
+
+    def _checked_header(self, labels: np.ndarray) -> tuple[int, int]:
+        """insightface's header (first non-image key, end of the identity records), checked against the index."""
+        first, end = float(labels[0]), float(labels[1])
+        if not (np.isfinite(first) and np.isfinite(end) and first.is_integer() and end.is_integer()):
+            raise DataError(f"{self.path} record 0: header labels {first}, {end} are not whole numbers")
+        first, end = int(first), int(end)
+        if not 2 <= first <= len(self.index):
+            raise DataError(f"{self.path} record 0: header says images are keys 1..{first - 1}, the index "
+                            f"{self.idx_path} has {len(self.index)} records" if first >= 2 else
+                            f"{self.path} record 0: header says images end before key {first}; expected at least "
+                            "one image (keys from 1)")
+        if end > first and end - first > first - 1:
+            raise DataError(f"{self.path} record 0: header says {end - first:,} identities for {first - 1:,} images; "
+                            "every identity needs an image")
+        return first, end
+
+    def header_label(self, key: int) -> float:
+        """The first label of record ``key``, reading only its header (not the image)."""
+        f = self._file()
+        offset = self.index[key]
+        f.seek(offset)
+        head = f.read(8 + _HEADER.size + 4)
+        if len(head) < 8 + _HEADER.size:
+            raise DataError(f"{self.path} record {key}: truncated at byte offset {offset}")
+        magic, lrec = struct.unpack_from("<II", head)
+        if magic != MAGIC or (lrec & ((1 << 29) - 1)) < _HEADER.size:
+            raise DataError(f"{self.path} record {key}: no record header at byte offset {offset}")
+        flag, label, _, _ = _HEADER.unpack_from(head, 8)
+        if flag > 0:
+            if len(head) < 8 + _HEADER.size + 4:
+                raise DataError(f"{self.path} record {key}: truncated label array")
+            (label,) = struct.unpack_from("<f", head, 8 + _HEADER.size)
+        return float(label)
 
     def _file(self):
         if self._handle is None or self._pid != os.getpid():
             self._handle, self._pid = open(self.path, "rb"), os.getpid()
         return self._handle
 
-    def payload(self, key: int) -> bytes:
+    def payload(self, key: int, max_bytes: int | None = None) -> bytes:
         if key not in self.index:
             raise DataError(f"{self.idx_path}: no record {key}")
-        return read_record(self._file(), self.index[key], self.path)
+        return read_record(self._file(), self.index[key], self.path, max_bytes)
 
-    def record(self, key: int) -> tuple[np.ndarray, bytes]:
-        labels, _, image = unpack(self.payload(key), f"{self.path} record {key}")
+    def record(self, key: int, max_bytes: int | None = None) -> tuple[np.ndarray, bytes]:
+        labels, _, image = unpack(self.payload(key, max_bytes), f"{self.path} record {key}")
         return labels, image
 
     def __getstate__(self):  # file handles do not travel to worker processes
@@ -174,12 +216,14 @@ class RecordFaces(ImageDataset):
     Args:
         root: the directory holding ``train.rec``/``train.idx`` (or the ``.rec`` path itself).
         num_classes: the class count, when the file's header does not give it.
-        input_size, augment, on_corrupt, max_image_pixels: see :class:`~frtrain.data.base.ImageDataset`.
+        input_size, augment, on_corrupt, max_image_pixels, max_image_bytes: see
+            :class:`~frtrain.data.base.ImageDataset`.
     """
 
     def __init__(self, root: str, input_size=(112, 112), augment=None, on_corrupt: str = "skip",
-                 num_classes: int | None = None, max_image_pixels: int = DEFAULT_MAX_PIXELS):
-        super().__init__(input_size, augment, on_corrupt, max_image_pixels)
+                 num_classes: int | None = None, max_image_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_image_bytes: int = DEFAULT_MAX_BYTES):
+        super().__init__(input_size, augment, on_corrupt, max_image_pixels, max_image_bytes)
         if root is None or str(root) in ("", "???"):
             raise ConfigError("data.root is not set: give the directory of train.rec/train.idx")
         root = os.path.abspath(os.path.expanduser(str(root)))
@@ -191,8 +235,27 @@ class RecordFaces(ImageDataset):
         elif self.records.header0 and self.records.header0[1] > self.records.header0[0]:
             self._num_classes = self.records.header0[1] - self.records.header0[0]
         else:
-            self._num_classes = int(max(self.records.record(int(k))[0][0] for k in self.keys)) + 1
-        self.classes = [str(i) for i in range(self._num_classes)]
+            self._num_classes = self._classes_from_labels()
+
+    def _classes_from_labels(self) -> int:
+        """The class count from the labels present (largest + 1), reading every record's header only; a label
+        that is not a whole number, is negative or exceeds the number of images is refused in one line."""
+        from tqdm import tqdm
+
+        largest, n = -1, len(self.keys)
+        for key in tqdm(self.keys, desc=f"labels of {os.path.basename(self.root)}", unit="record", leave=False,
+                        disable=n < 100_000):
+            label = self.records.header_label(int(key))
+            if not (np.isfinite(label) and label.is_integer() and 0 <= label < n):
+                raise DataError(f"{self.root} record {int(key)}: label {label:g} is not a class number 0..{n - 1} (the "
+                                f"file holds {n:,} images); give data.num_classes if the labels are right")
+            largest = max(largest, int(label))
+        return largest + 1
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names (the label numbers as text)."""
+        return [str(i) for i in range(self._num_classes)]
 
     @property
     def num_classes(self) -> int:
@@ -204,9 +267,19 @@ class RecordFaces(ImageDataset):
     def path(self, index: int) -> str:
         return f"{self.root} record {int(self.keys[index])}"
 
+    def group(self, index: int) -> str:
+        return self.root  # a .rec has no folders
+
     def sample(self, index: int):
-        labels, image = self.records.record(int(self.keys[index]))
-        label = int(labels[0])
-        if not 0 <= label < self._num_classes:
-            raise DataError(f"{self.path(index)}: label {label} outside [0, {self._num_classes})")
-        return resize_to(decode_image(image, self.path(index), self.max_image_pixels), self.input_size), label
+        """A bad record (truncated, wrong magic, label outside the classes) is a corrupt sample: skipped and counted."""
+        try:
+            labels, image = self.records.record(int(self.keys[index]), self.max_image_bytes + 4096)
+        except DataError as e:
+            raise CorruptImageError(str(e)) from None
+        label = float(labels[0])
+        if not (np.isfinite(label) and label.is_integer() and 0 <= label < self._num_classes):
+            raise CorruptImageError(f"{self.path(index)}: label {label:g} outside the classes 0..{self._num_classes - 1}")
+        if len(image) > self.max_image_bytes:
+            raise CorruptImageError(f"{self.path(index)}: its image is {len(image):,} bytes, more than "
+                                    f"data.max_image_bytes={self.max_image_bytes:,}")
+        return resize_to(decode_image(image, self.path(index), self.max_image_pixels), self.input_size), int(label)

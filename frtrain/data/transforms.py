@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from frtrain.errors import ConfigError
+from frtrain.errors import ConfigError, first_line
 
 
 def build_augment(augment: Sequence[Any] | Mapping[str, Any] | None):
@@ -39,7 +39,7 @@ def build_augment(augment: Sequence[Any] | Mapping[str, Any] | None):
                 transforms.append(instantiate(item))
             except Exception as e:  # hydra wraps the constructor's TypeError
                 target = OmegaConf.select(item, "_target_") if isinstance(item, DictConfig) else item.get("_target_")
-                raise ConfigError(f"data.augment.{i} ({target}): {e}".splitlines()[0]) from None
+                raise ConfigError(f"data.augment.{i} ({target}): {first_line(e)}") from None
         elif isinstance(item, (list, ListConfig)):
             raise ConfigError(f"data.augment.{i} must be a transform config, got a list")
         else:

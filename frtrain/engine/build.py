@@ -23,7 +23,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from frtrain.errors import ConfigError, FrtrainError
+from frtrain.errors import ConfigError, FrtrainError, first_line
 
 
 def _signature(target) -> tuple[dict[str, inspect.Parameter], bool]:
@@ -95,7 +95,7 @@ def _prepare(group: str, node, exclude: tuple[str, ...], runtime: dict) -> tuple
     try:
         target = get_object(target_name)
     except Exception as e:
-        raise ConfigError(f"{group}._target_={target_name!r} cannot be imported ({e})".splitlines()[0]) from None
+        raise ConfigError(f"{group}._target_={target_name!r} cannot be imported ({first_line(e)})") from None
     params, var_kw = _signature(target)
     renamed = getattr(target, "renamed_options", {}) or {}
     for old, new in renamed.items():
@@ -139,12 +139,12 @@ def build(group: str, node: DictConfig | dict | None, exclude: tuple[str, ...] =
         cause = e.__cause__
         if isinstance(cause, FrtrainError):
             raise cause from None
-        msg = str(cause or e).splitlines()[0]
+        msg = first_line(cause or e)
         raise ConfigError(f"{group}: cannot build {cfg['_target_']}: {msg}") from None
 
 
 @contextlib.contextmanager
-def _without_initialisation():
+def without_initialisation():
     """``torch.nn.init`` functions as no-ops: on the meta device they would import torch._dynamo (1.4 s)."""
     import torch
 
@@ -173,7 +173,7 @@ def dry_build(group: str, node, **runtime: Any) -> Any:
         check_node(group, node, **runtime)
         return None
     if group in ("backbone", "head"):
-        with _without_initialisation():
+        with without_initialisation():
             return build(group, node, **runtime)
     built = build(group, node, **runtime)
     if group == "optim":
@@ -183,7 +183,7 @@ def dry_build(group: str, node, **runtime: Any) -> Any:
         try:
             return built([{"params": [torch.nn.Parameter(torch.zeros(1))]}])
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"optim: {plain['_target_']} refuses these options ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"optim: {plain['_target_']} refuses these options ({first_line(e)})") from None
     if group == "sched":
         fn = built(total_steps=100, steps_per_epoch=10)
         for step in (0, 50, 99):

@@ -18,18 +18,21 @@ Also here: :func:`resolve_checkpoint` (a file or a run directory -> the file to 
 
 from __future__ import annotations
 
+import errno
 import glob
 import inspect
 import logging
 import os
 import random
 import re
+import shutil
 from typing import Any
 
 import numpy as np
 import torch
 
-from frtrain.errors import CheckpointError
+from frtrain.engine import checkpoint_fields as fields
+from frtrain.errors import CheckpointError, first_line
 
 log = logging.getLogger("frtrain")
 
@@ -40,16 +43,64 @@ CHECKPOINT_KEYS = ("format", "version", "meta", "model", "head", "optimizer", "l
 _STEP_FILE = re.compile(r"step-(\d+)\.pt$")
 
 
+#: the temporary file a save writes before renaming it over the checkpoint (``<name>.tmp<pid>``)
+_TEMPORARY = re.compile(r"\.tmp\d+$")
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a (nested) checkpoint object: what writing it needs, roughly."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_atomic(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same directory, then rename over ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """torch.save to a temporary file in the same directory, then rename over ``path``.
+
+    The previous file at ``path`` stays intact when writing fails; a full disk is one line naming the directory,
+    the space needed and the space free (not torch's inline_container traceback).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's writer reports a failed write as RuntimeError (inline_container)
+        needed = _tensor_bytes(obj) / 2**20
+        free = shutil.disk_usage(directory).free / 2**20
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed + 1 or \
+                "file write failed" in str(e):
+            raise CheckpointError(f"no space left on {directory} to write {os.path.basename(path)} (needed ~{needed:,.0f} "
+                                  f"MB, {free:,.0f} MB free); the previous checkpoint is intact") from None
+        raise CheckpointError(f"{path}: cannot be written ({first_line(e)})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Delete the ``*.tmp<pid>`` files a save that was killed (``kill -9``, power loss) left in ``directory``;
+    returns their paths. Call it only while holding the run's lock (no other save can be in flight)."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if _TEMPORARY.search(name) and os.path.isfile(path):
+            try:
+                os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+    if removed:
+        log.warning("removed %d unfinished checkpoint file%s left by an interrupted save: %s", len(removed),
+                    "" if len(removed) == 1 else "s", ", ".join(os.path.basename(p) for p in removed))
+    return removed
 
 
 def load_file(path: str, map_location="cpu", mmap: bool = False) -> Any:
@@ -63,8 +114,7 @@ def load_file(path: str, map_location="cpu", mmap: bool = False) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # unpickling refused or corrupt file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({first})") from None
+        raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({first_line(e)})") from None
 
 
 def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> dict:
@@ -77,12 +127,19 @@ def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> dict:
 
 
 def checked_checkpoint(ckpt, path: str) -> dict:
-    """``ckpt`` (a loaded file) if it is a frtrain checkpoint with an allowed backbone record."""
+    """``ckpt`` (a loaded file) if it is a frtrain checkpoint with an allowed backbone record, a well-typed
+    ``meta`` and ``model`` weights (the training fields are checked when a run resumes from it)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a frtrain checkpoint (no 'format': '{FORMAT}' entry)")
     meta = ckpt.get("meta")
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: has no 'meta' record of its model")
+    fields.check_meta(meta, path)
+    if "model" not in ckpt:
+        raise CheckpointError(f"{path}: has no 'model' field (the backbone's weights)")
+    fields.tensor_mapping(ckpt["model"], path, "model", allow_empty=False)
+    if ckpt.get("head") is not None:
+        fields.tensor_mapping(ckpt["head"], path, "head")
     if meta.get("backbone") is not None:
         check_backbone_record(meta["backbone"], path)
     return ckpt
@@ -153,15 +210,22 @@ def check_backbone_record(record, path: str) -> tuple[type, dict]:
     return cls, kwargs
 
 
-def rebuild_backbone(record, path: str) -> torch.nn.Module:
-    """The backbone a checkpoint's record describes, built by calling the allowed class directly."""
+def rebuild_backbone(record, path: str, weights: dict | None = None) -> torch.nn.Module:
+    """The backbone a checkpoint's record describes, built by calling the allowed class directly.
+
+    With ``weights`` (the file's state dict), the record is first built on the meta device and compared with
+    them (:func:`frtrain.engine.checkpoint_fields.check_record_against_weights`): sizes come from the weights,
+    so a record asking for a giant network costs nothing before it is refused.
+    """
     from frtrain.errors import FrtrainError
 
     cls, kwargs = check_backbone_record(record, path)
+    if weights is not None:
+        fields.check_record_against_weights(cls, kwargs, weights, path)
     try:
         return cls(**kwargs)
     except (FrtrainError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its backbone record cannot be built ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: its backbone record cannot be built ({first_line(e)})") from None
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -185,7 +249,7 @@ def load_backbone(path: str, ckpt: dict | None = None) -> tuple[torch.nn.Module,
     meta = ckpt.get("meta") or {}
     if "backbone" not in meta:
         raise CheckpointError(f"{path}: has no record of its backbone (meta.backbone); was it written by frtrain?")
-    backbone = rebuild_backbone(meta["backbone"], path)
+    backbone = rebuild_backbone(meta["backbone"], path, ckpt["model"])
     load_state_checked(backbone, ckpt["model"], path, "backbone")
     return backbone.eval(), meta
 

@@ -30,6 +30,9 @@ def plain_state_dict(obj, path: str) -> dict[str, torch.Tensor]:
         obj = obj["state_dict_backbone"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a backbone state dict (expected a dict of parameter name -> tensor)")
+    from frtrain.engine.checkpoint_fields import tensor_mapping
+
+    tensor_mapping(obj, path, "state dict")
     out = {}
     for key, value in obj.items():
         key = key[len("module."):] if key.startswith("module.") else key

@@ -7,6 +7,7 @@ epochs (as papers do); the trainer passes ``total_steps`` and ``steps_per_epoch`
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
@@ -19,7 +20,12 @@ class _Warmup:
             raise ConfigError(f"sched.warmup_epochs={warmup_epochs}: expected a value >= 0")
         self.total_steps = max(1, int(total_steps))
         self.steps_per_epoch = max(1, int(steps_per_epoch))
-        self.warmup_steps = min(int(round(warmup_epochs * self.steps_per_epoch)), self.total_steps - 1)
+        warmup_steps = int(round(warmup_epochs * self.steps_per_epoch))
+        if warmup_steps >= self.total_steps > 1:  # trainer.max_steps cut the run short (longer epochs are refused)
+            logging.getLogger("frtrain").warning(
+                "sched.warmup_epochs=%s is %d steps, the run has %d (trainer.max_steps): the warm-up is cut to %d",
+                warmup_epochs, warmup_steps, self.total_steps, self.total_steps - 1)
+        self.warmup_steps = min(warmup_steps, self.total_steps - 1)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:

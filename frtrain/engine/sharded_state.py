@@ -57,7 +57,7 @@ def load_head(head, state: dict, path: str) -> dict:
         if name not in state:
             continue  # load_state_checked names the missing key
         rows = state[name]
-        if rows.shape[0] != head.num_classes:
+        if rows.ndim < 1 or rows.shape[0] != head.num_classes:
             raise CheckpointError(f"{path}: head {name!r} has {rows.shape[0]} rows, this run has "
                                   f"{head.num_classes} classes")
         local[name] = rows[start:start + count]
@@ -84,9 +84,14 @@ def save_optimizer(optimizer: torch.optim.Optimizer, head) -> dict | None:
 
 def load_optimizer(optimizer: torch.optim.Optimizer, head, state: dict, path: str) -> dict:
     """This rank's slice of a whole optimiser state (as :func:`save_optimizer` writes it)."""
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) or \
+            not isinstance(state.get("param_groups"), list) or \
+            not all(isinstance(e, dict) for e in state["state"].values()):
+        raise CheckpointError(f"{path}: field 'optimizer' is not an optimiser state (a mapping with 'state' and "
+                              "'param_groups')")
     rows = _class_row_indices(optimizer, head)
     start, count = head.class_start, head.num_local
-    per_param = dict(state.get("state", {}))
+    per_param = dict(state["state"])
     for index, param in rows.items():
         if index not in per_param:
             continue

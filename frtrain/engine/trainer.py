@@ -15,6 +15,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -29,10 +31,63 @@ from frtrain.config import TrainerConfig
 from frtrain.data.base import CorruptImages
 from frtrain.data.transforms import normalize_batch
 from frtrain.engine import checkpoint as ckpt_io
+from frtrain.engine import checkpoint_fields as fields
 from frtrain.engine import sharded_state
-from frtrain.errors import CheckpointError, ConfigError, FrtrainError
+from frtrain.errors import CheckpointError, ConfigError, FrtrainError, Interrupted, first_line
+from frtrain.log_files import to_log_files
 
 log = logging.getLogger("frtrain")
+
+
+#: on Ctrl-C, a checkpoint is written first when the newest one is older than this (seconds)
+INTERRUPT_SAVE_AFTER_S = 120.0
+
+
+class InterruptGuard:
+    """Ctrl-C as KeyboardInterrupt, except inside :meth:`deferred` sections (a training step), where it waits until
+    the section ends; a second Ctrl-C inside the section stops at once (``forced``).
+
+    Python runs signal handlers in the main thread between bytecodes, so blocking the signal at the OS level would
+    not protect a step; a handler that only sets a flag inside the section does. The training loader's workers
+    ignore SIGINT (:func:`frtrain.data.loader.make_loader`), so the step in progress still gets its batches. Outside
+    the main thread (tests that train in a thread) it does nothing.
+    """
+
+    def __init__(self):
+        self.critical, self.pending, self.forced, self.previous = False, False, False, None
+
+    def _handler(self, signum, frame):
+        if self.critical and not self.pending:
+            self.pending = True
+            log.warning("Ctrl-C: stopping after this step (press it again to stop at once, without saving)")
+        else:
+            self.forced = self.critical
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+        return False
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.critical = True
+        try:
+            yield
+        finally:
+            self.critical = False
+
+    def raise_pending(self) -> None:
+        """Act on a Ctrl-C that came during the last deferred section."""
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
 
 
 class TrainingDiverged(FrtrainError):
@@ -191,6 +246,8 @@ class Trainer:
         self.meter = Throughput()
         self.history: dict[str, list] = {"eval": [], "loss": []}  # what results.json reports
         self.train_seconds = 0.0
+        self.steps_run = 0  # optimiser steps taken by this process (a resumed run counts from 0)
+        self.last_save, self.saving = time.monotonic(), False
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict | None:
@@ -208,24 +265,40 @@ class Trainer:
             "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "meta": self.meta,
             # contiguous: the standard layout, whatever the training layout (trainer.channels_last)
             "model": {k: v.contiguous() for k, v in self.backbone.state_dict().items()}, "head": head,
-            "optimizer": optimizer, "lr_scheduler": self.scheduler.state_dict(),
+            # the schedule is a function of the step: only that number is stored (LambdaLR.load_state_dict would copy
+            # a file's entries into the scheduler object's attributes)
+            "optimizer": optimizer, "lr_scheduler": {"last_epoch": int(self.scheduler.last_epoch)},
             "grad_scaler": self.scaler.state_dict(), "train_state": asdict(self.state), "rng": rng,
         }
 
     def load_state_dict(self, ckpt: dict, path: str) -> None:
         """Resume from ``ckpt`` on any number of ranks: this rank takes its slice of the class rows."""
+        for key in ("head", "optimizer", "lr_scheduler", "grad_scaler", "train_state", "rng"):
+            if key not in ckpt:
+                raise CheckpointError(f"{path}: has no {key!r} field; it cannot resume a run (trainer.init_from takes "
+                                      "weights only)")
         check_compatible(ckpt["meta"], self.meta, path)
+        fields.tensor_mapping(ckpt["head"], path, "head")
+        train_state = fields.check_train_state(ckpt["train_state"], path)
+        states = fields.check_rng(ckpt["rng"], path)
+        schedule_step = fields.scheduler_step(ckpt["lr_scheduler"], path)
+        fields.check_grad_scaler(ckpt["grad_scaler"], path)
         ckpt_io.load_state_checked(self.backbone, ckpt["model"], path, "backbone")
         ckpt_io.load_state_checked(self.head, sharded_state.load_head(self.head, ckpt["head"], path), path, "head")
+        optimizer_state = sharded_state.load_optimizer(self.optimizer, self.head, ckpt["optimizer"], path)
+        fields.check_optimizer(optimizer_state, self.optimizer, path)
         try:
-            self.optimizer.load_state_dict(sharded_state.load_optimizer(self.optimizer, self.head, ckpt["optimizer"],
-                                                                        path))
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: optimizer state does not fit this run ({e})") from None
-        self.scheduler.load_state_dict(ckpt["lr_scheduler"])
-        self.scaler.load_state_dict(ckpt["grad_scaler"])
+            self.optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: optimizer state does not fit this run ({first_line(e)})") from None
+        self.restore_schedule(schedule_step)
+        try:
+            self.scaler.load_state_dict(ckpt["grad_scaler"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: its grad_scaler state does not fit trainer.precision="
+                                  f"{self.opts.precision} ({first_line(e)})") from None
         images_per_batch = self.state.images_per_batch
-        self.state = TrainState(**ckpt["train_state"])
+        self.state = TrainState(**train_state)
         self.state.images_per_batch = images_per_batch
         saved_batch = int(ckpt["train_state"].get("images_per_batch") or images_per_batch)
         if saved_batch != images_per_batch:
@@ -236,7 +309,6 @@ class Trainer:
             log.warning("%s: saved with %d images per batch over all ranks, this run has %d: the epoch resumes at "
                         "batch %d (image %d of its order); the run is not identical to an uninterrupted one",
                         path, saved_batch, images_per_batch, self.state.batch_in_epoch, seen)
-        states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
         if len(states) == D.world_size():
             ckpt_io.set_rng_state(states[D.rank()])
         else:
@@ -244,6 +316,13 @@ class Trainer:
             torch.manual_seed(self.seed * 1_000_003 + self.state.step * 1009 + D.rank())
             log.warning("%s: saved by %d ranks, this run has %d: random generators re-seeded from the step and rank",
                         path, len(states), D.world_size())
+
+    def restore_schedule(self, step: int) -> None:
+        """Put the learning-rate schedule at ``step``: the factor of each group's base rate at that step."""
+        self.scheduler.last_epoch = step
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(step)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def init_weights(self, path: str) -> None:
         """Start from another model's weights (fine-tuning): ``trainer.init_from``.
@@ -313,13 +392,19 @@ class Trainer:
     def save(self, name: str | None = None) -> str | None:
         """Write a checkpoint on rank 0 (``step-N.pt``, or ``name``) and prune old step files; all ranks sync."""
         path = None
-        state = self.state_dict()  # a collective: every rank takes part
-        if self.is_main:
-            path = os.path.join(self.ckpt_dir, name or f"step-{self.state.step:08d}.pt")
-            ckpt_io.save_atomic(state, path)
-            if name is None:
-                ckpt_io.prune(self.ckpt_dir, int(self.opts.keep_last))
-        D.barrier()
+        self.saving = True
+        try:
+            state = self.state_dict()  # a collective: every rank takes part
+            if self.is_main:
+                path = os.path.join(self.ckpt_dir, name or f"step-{self.state.step:08d}.pt")
+                ckpt_io.save_atomic(state, path)
+                if name is None:
+                    ckpt_io.prune(self.ckpt_dir, int(self.opts.keep_last))
+            D.barrier()
+        finally:
+            self.saving = False
+        if name is None:
+            self.last_save = time.monotonic()
         return path
 
     # -- phases ---------------------------------------------------------------------------------
@@ -356,6 +441,11 @@ class Trainer:
             self.corrupt.add(skipped)
             if first:  # say it at once; later ones are summarised per epoch
                 self.corrupt.warn_new(f"step {self.state.step + 1}")
+        try:
+            self.corrupt.observe(images.shape[0], len(skipped))
+        except FrtrainError:
+            self.write_corrupt_list(sorted(set(self.corrupt.paths())))
+            raise
         self.meter.add(images.shape[0] * D.world_size(), float(loss.detach()))
 
     def optimizer_step(self) -> float | None:
@@ -376,6 +466,7 @@ class Trainer:
         self.scheduler.step()
         self.head.after_optimizer_step()
         self.state.step += 1
+        self.steps_run += 1
         self.state.images_seen += self.global_batch
         return grad_norm
 
@@ -395,12 +486,27 @@ class Trainer:
             if self.eval_every and step % self.eval_every == 0:
                 self.evaluate()
                 self.backbone.train()
-            if self.opts.checkpoint_every and step % int(self.opts.checkpoint_every) == 0:
+            if self.checkpoint_due(step):
                 self.save()
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Save at this step? Every ``checkpoint_every`` steps, and when ``checkpoint_minutes`` have passed since the
+        last save (decided on rank 0 at logging steps and shared, so that every rank joins the same saves)."""
+        if self.opts.checkpoint_every and step % int(self.opts.checkpoint_every) == 0:
+            return True
+        minutes = self.opts.checkpoint_minutes
+        if not minutes or (D.is_distributed() and step % int(self.opts.log_every) != 0):
+            return False
+        return bool(D.broadcast_object(time.monotonic() - self.last_save >= 60.0 * float(minutes)))
 
     def fit(self) -> dict:
         """Train to ``total_steps`` (from where :meth:`restore` left the state), evaluate, save; returns the
-        last verification results by benchmark name."""
+        last verification results by benchmark name.
+
+        Ctrl-C stops at a consistent state (an optimiser step is never cut in half; the micro-batches of an unfinished
+        step are given back), saves a checkpoint when the last one is older than :data:`INTERRUPT_SAVE_AFTER_S` (one
+        process), and raises :class:`~frtrain.errors.Interrupted` with the command line that resumes.
+        """
         log.info("training %d steps (%d per epoch), global batch %d, %d classes, %d images, device %s, precision %s",
                  self.total_steps, self.steps_per_epoch, self.global_batch, self.head.num_classes, len(self.dataset),
                  self.device, self.amp_dtype or "fp32")
@@ -411,21 +517,49 @@ class Trainer:
         started, batches = time.perf_counter(), self.micro_batches()
         progress = tqdm(total=self.total_steps, initial=self.state.step, desc="train", unit="step",
                         disable=not (self.is_main and self.opts.progress), dynamic_ncols=True)
+        interrupts = InterruptGuard()
         try:
-            self.meter.reset()
-            while self.state.step < self.total_steps:
-                for _ in range(self.accumulate):
-                    self.train_micro_batch(*next(batches))
-                self.end_of_step(progress, self.optimizer_step())
+            with interrupts:
+                self.meter.reset()
+                while self.state.step < self.total_steps:
+                    with interrupts.deferred():  # a step (forward, backward, optimiser) is never cut in half
+                        for _ in range(self.accumulate):
+                            self.train_micro_batch(*next(batches))
+                        grad_norm = self.optimizer_step()
+                    self.end_of_step(progress, grad_norm)  # the step's log line, evaluation, checkpoint
+                    interrupts.raise_pending()
+                progress.close()
+                self.train_seconds += time.perf_counter() - started
+                results = self.evaluate(final=True)
+                self.save()
+                self.write_results(results)
+                return results
+        except KeyboardInterrupt:
             progress.close()
-            self.train_seconds += time.perf_counter() - started
-            results = self.evaluate(final=True)
-            self.save()
-            self.write_results(results)
-            return results
+            self.interrupted(consistent=not interrupts.forced)
         finally:
             progress.close()
             self.close()
+
+    def interrupted(self, consistent: bool) -> None:
+        """After Ctrl-C: save when the last checkpoint is old (one process: a save is a collective the other ranks
+        are not in) and the state is at a step boundary (not after a second Ctrl-C inside a step), and say how to
+        resume."""
+        saved = ""
+        age = time.monotonic() - self.last_save
+        newest = ckpt_io.latest_checkpoint(self.out_dir)
+        if consistent and D.world_size() == 1 and self.steps_run > 0 and not self.saving and (
+                newest is None or age >= INTERRUPT_SAVE_AFTER_S):
+            try:
+                saved = f"; saved {os.path.relpath(self.save(), os.getcwd())}"
+            except (FrtrainError, KeyboardInterrupt):
+                saved = "; the checkpoint could not be saved"
+        elif newest is not None:
+            saved = f"; newest checkpoint {os.path.basename(newest)}"
+        where = (f"stopped at step {self.state.step} of {self.total_steps}" if consistent else
+                 f"stopped inside step {self.state.step + 1} of {self.total_steps} (a second Ctrl-C)")
+        raise Interrupted(f"{where}{saved}; resume with trainer.resume=auto hydra.run.dir={self.out_dir} (and the "
+                          "same other options)") from None
 
     def evaluate(self, final: bool = False) -> dict:
         """Score the benchmarks on rank 0 (those in ``final_only`` only when ``final``), log them (scalars and
@@ -466,6 +600,12 @@ class Trainer:
         if not self.is_main:
             return
         step = self.state.step
+        line = (f"step {step}/{self.total_steps}  epoch {self.state.epoch}  loss {loss:.4f}  lr {lr:.4g}  "
+                f"{speed:.0f} images/s" + (f"  grad_norm {grad_norm:.3g}" if grad_norm is not None else ""))
+        if progress.disable:
+            log.info(line)
+        else:  # the console has the progress bar; the log file gets the line
+            to_log_files(line)
         self.history["loss"].append({"step": step, "loss": loss, "lr": lr, "images_per_sec": speed})
         for key, value in (("loss", loss), ("lr", lr), ("images_per_sec", speed),
                            ("corrupt_images_skipped", len(self.corrupt)), ("grad_norm", grad_norm)):
@@ -483,11 +623,7 @@ class Trainer:
         if not self.is_main:
             return
         corrupt = sorted({p for paths in gathered for p in paths})
-        if corrupt:
-            with open(os.path.join(self.out_dir, "corrupt_images.txt"), "w") as f:
-                f.write("\n".join(corrupt) + "\n")
-            log.warning("%d corrupt images were skipped (listed in %s)", len(corrupt),
-                        os.path.join(self.out_dir, "corrupt_images.txt"))
+        self.write_corrupt_list(corrupt)
         for name, r in results.items():
             if getattr(r, "per_pair", None):
                 os.makedirs(os.path.join(self.out_dir, "pairs"), exist_ok=True)
@@ -505,6 +641,15 @@ class Trainer:
         with open(path + ".tmp", "w") as f:
             json.dump(summary, f, indent=1)
         os.replace(path + ".tmp", path)
+
+    def write_corrupt_list(self, corrupt: list[str]) -> None:
+        """``corrupt_images.txt``: every skipped file, once (rank 0)."""
+        if not corrupt or not self.is_main:
+            return
+        with open(os.path.join(self.out_dir, "corrupt_images.txt"), "w") as f:
+            f.write("\n".join(corrupt) + "\n")
+        log.warning("%d corrupt images were skipped (listed in %s)", len(corrupt),
+                    os.path.join(self.out_dir, "corrupt_images.txt"))
 
     def close(self) -> None:
         if self.writer is not None:

@@ -10,13 +10,15 @@ evaluator normalises RGB images as ``(x/255 - mean)/std`` with the convention's 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from frtrain.errors import CheckpointError, ConfigError
+from frtrain.backbones.common import as_hw
+from frtrain.errors import CheckpointError, ConfigError, first_line
 
 #: metadata key of the exported model that holds the frtrain record (input size, normalisation, backbone)
 META_KEY = "frtrain_meta"
@@ -28,11 +30,31 @@ _ADVICE = ("say how it takes its input: input=insightface (RGB, (x - 127.5) / 12
 def _per_channel(value, name: str, default: float) -> tuple[float, float, float]:
     if value is None:
         value = default
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (float(value),) * 3
-    if isinstance(value, Sequence) and len(value) == 3:
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3 and \
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return tuple(float(v) for v in value)
     raise ConfigError(f"input.{name}={value!r}: expected one number or three (one per channel)")
+
+
+def checked_metadata(text: str, path: str) -> dict:
+    """frtrain's metadata record of an ONNX file, every field checked (types, input size within
+    :data:`~frtrain.backbones.common.MAX_INPUT_SIDE`, positive std, a threshold in [-1, 1])."""
+    from frtrain.engine.checkpoint_fields import check_meta
+
+    if len(text) > 1 << 20:
+        raise CheckpointError(f"{path}: its '{META_KEY}' metadata is {len(text):,} characters; expected a small record")
+    try:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: its '{META_KEY}' metadata is not JSON ({first_line(e)})") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: its '{META_KEY}' metadata is a {type(record).__name__}, expected a JSON object")
+    missing = [k for k in ("input_size", "mean", "std", "embedding_size") if record.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{path}: its '{META_KEY}' metadata has no {missing[0]!r}")
+    return check_meta(record, path, META_KEY)
 
 
 class OnnxEmbedder:
@@ -57,7 +79,7 @@ class OnnxEmbedder:
         try:
             self.session = ort.InferenceSession(path, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:
-            raise CheckpointError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+            raise CheckpointError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
         self.path = path
         self.input_name = self.session.get_inputs()[0].name
         given = {k: v for k, v in dict(convention or {}).items() if v is not None}
@@ -66,9 +88,10 @@ class OnnxEmbedder:
         if given:
             self._from_convention(given)
         elif META_KEY in meta:
-            self.meta = json.loads(meta[META_KEY])
-            self.input_size = tuple(self.meta["input_size"])
-            self.mean, self.std = tuple(self.meta["mean"]), tuple(self.meta["std"])
+            self.meta = checked_metadata(meta[META_KEY], path)
+            self.input_size = tuple(int(v) for v in self.meta["input_size"])
+            self.mean = tuple(float(v) for v in self.meta["mean"])
+            self.std = tuple(float(v) for v in self.meta["std"])
             self.embedding_size = int(self.meta["embedding_size"])
         else:
             raise CheckpointError(f"{path}: has no '{META_KEY}' metadata (it was not exported by frtrain); {_ADVICE}")
@@ -80,9 +103,9 @@ class OnnxEmbedder:
         size = given.get("size") or self._static_size()
         if size is None:
             raise ConfigError(f"{self.path}: its input size is not fixed in the file; give input.size=<pixels>")
-        self.input_size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+        self.input_size = as_hw(size, "input.size")
         mean, std = _per_channel(given.get("mean"), "mean", 0.0), _per_channel(given.get("std"), "std", 1.0)
-        if any(s <= 0 for s in std):
+        if any(not (s > 0 and math.isfinite(s)) for s in std) or not all(math.isfinite(m) for m in mean):
             raise ConfigError(f"input.std={given.get('std')!r}: expected positive values")
         order = slice(None, None, -1) if self.channels == "bgr" else slice(None)  # given in the model's order
         self.mean = tuple(m / 255.0 for m in mean[order])
