@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import sys
+import textwrap
 import warnings
 
 from frtrain.errors import FrtrainError
@@ -86,15 +87,66 @@ def run_directory(cfg) -> str:
     return HydraConfig.get().runtime.output_dir
 
 
-def hydra_entry_point(program: str, config_name: str, task, argv: list[str] | None = None) -> None:
-    """Run ``task(cfg)`` under Hydra for ``configs/<config_name>.yaml`` with the command line ``argv``."""
+HELP_FLAGS = ("--help", "-h")
+
+
+def command_help(program: str, doc: str, config_name: str | None = None) -> str:
+    """``<program> --help``: the command's own usage (its module docstring) and, for a Hydra command, its config
+    groups with their options and the way options are given (not Hydra's generic page)."""
+    lines = [doc.strip(), ""]
+    if config_name is None:
+        return "\n".join(lines)
+    from omegaconf import OmegaConf
+
+    from frtrain import config
+
+    try:
+        composed = config.compose(config_name, [], return_hydra_config=True)
+        choices = {k: v for k, v in composed.hydra.runtime.choices.items() if not k.startswith("hydra/")
+                   and k not in ("data/loader",)}
+        if "benchmarks" in composed and "benchmarks" not in choices:
+            choices["benchmarks"] = ",".join(composed.benchmarks or {}) or None
+    except Exception:  # the help must come out even when a config does not compose
+        choices = {}
+    lines += textwrap.wrap(f"Options are key=value, as Hydra takes them: group=option picks a file of "
+                           f"configs/<group>, key=value or group.key=value sets a value, +key=value adds one. "
+                           f"{program} --cfg job prints the composed config; {program} --hydra-help lists Hydra's own "
+                           "flags.", 110)
+    lines += [""]
+    tail = [f"Config groups of {program} (now: the current choice):"]
+    own = []
+    for k in (composed.keys() if choices else []):
+        if k in choices or k == "hydra":
+            continue
+        if OmegaConf.is_missing(composed, k):
+            own.append(f"  {k}=???  (required)")
+        elif not OmegaConf.is_config(composed._get_node(k)):
+            own.append(f"  {k}={composed._get_node(k)._value()}")
+    if own:
+        lines += [f"Options of {program} (now):"] + own + [""]
+    width = max((len(g) for g in choices), default=0)
+    for group in sorted(choices):
+        options = config.group_options(group)
+        listed = ", ".join(options) if len(options) <= 12 else ", ".join(options[:12]) + f", ... ({len(options)})"
+        tail.append(f"  {group:<{width}}  {listed}  (now: {choices[group]})")
+    return "\n".join(lines + tail)
+
+
+def hydra_entry_point(program: str, config_name: str, task, argv: list[str] | None = None,
+                      doc: str | None = None) -> None:
+    """Run ``task(cfg)`` under Hydra for ``configs/<config_name>.yaml`` with the command line ``argv``; ``--help``
+    prints :func:`command_help` with ``doc`` (the command's usage)."""
     import hydra
 
     from frtrain import config
 
     quiet_third_party_warnings(program)
     config.register_schemas()
-    argv = config.prepare_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in HELP_FLAGS for a in argv):
+        print(command_help(program, doc or f"usage: {program} key=value ...", config_name))
+        return
+    argv = config.prepare_argv(argv)
     with one_line_errors(program):
         config.check_command_line(config_name, argv)
     sys.argv = [sys.argv[0]] + argv

@@ -22,10 +22,11 @@ seeds to report on.
 
 The report (``<out>/comparison.md``, ``comparison.json``, ``accuracy_vs_step.png``, ``roc.png``), per benchmark:
 accuracy as mean ± 95% confidence interval over seeds (the splits' pairs pooled: every pair scored by a model
-that did not see its people), the per-seed values, TAR@FAR where every split has at least 1/FAR impostor pairs;
-per pair of heads the accuracy difference with a paired bootstrap interval over pairs and seeds and a p-value
-(:mod:`frtrain.evaluation.compare_stats`); the recipe (the runs' configs, which must differ only in the head and
-the seed within a split: any other difference is listed).
+that did not see its people), the per-seed values, TAR@FAR (strict rule) where every split has at least 1/FAR
+impostor pairs, with an interval within [0, 1]; per pair of heads the accuracy difference with a paired bootstrap
+interval over pairs and seeds and a p-value (:mod:`frtrain.evaluation.comparison`); the recipe (the runs' configs,
+which must differ only in the head and the seed within a split: any other difference is listed). The reported wall
+time includes the checks of every cell's config before the first run.
 """
 
 from __future__ import annotations
@@ -41,22 +42,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
-from frtrain.cli import one_line_errors, quiet_third_party_warnings
+from frtrain.cli import HELP_FLAGS, command_help, one_line_errors, quiet_third_party_warnings
 from frtrain.errors import ConfigError, DataError, first_line
-from frtrain.safe_files import read_json, read_npz, read_yaml
+from frtrain.evaluation.comparison import find_runs, read_run
+from frtrain.evaluation.comparison_report import write_report
 
 log = logging.getLogger("frtrain")
 
 OPTIONS = ("seeds", "baseline", "out", "publish", "resamples", "jobs")
 USAGE = ("usage: frtrain-compare head=A,B[,...] [seeds=3] [baseline=A] [out=DIR] [publish=FILE.md] [jobs=1] "
          "[@HEAD:key=value ...] [frtrain-train overrides]  |  frtrain-compare report DIR [DIR ...] [baseline=A]")
-#: config keys that legitimately differ between the runs of one split
-PER_RUN_KEYS = ("head", "seed", "output_dir", "trainer.resume")
-FARS = (1e-2, 1e-3, 1e-4)
-#: in a published file, what follows this line is the user's and survives a rewrite of the report
-NOTES_MARKER = "<!-- notes: kept when frtrain-compare rewrites this file -->"
 
 
 def _safe(name: str) -> str:
@@ -151,7 +147,7 @@ def parse(argv: list[str]) -> Grid:
         jobs = int(options.get("jobs", 1))
     except ValueError:
         raise ConfigError(f"jobs={options['jobs']!r}: expected a number of runs at once, e.g. jobs=2") from None
-    from frtrain.data.loader import usable_cores
+    from frtrain.runtime import usable_cores
 
     cores = usable_cores()
     if not 1 <= jobs <= cores:
@@ -250,325 +246,14 @@ def run_grid(grid: Grid, out: Path) -> dict[str, int]:
     return counts
 
 
-# -- reading runs ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    path: Path
-    head: str
-    seed: int
-    split: str
-    config: dict
-    results: dict
-
-    def pairs(self, benchmark: str) -> dict | None:
-        """Each pair's ``issame``, ``score``, ``correct`` (and ``fold``) at the final evaluation, or None."""
-        f = self.path / "pairs" / f"{benchmark}.npz"
-        if not f.is_file():
-            return None
-        arrays = read_npz(f)
-        missing = [k for k in ("issame", "score", "correct") if k not in arrays]
-        if missing:
-            raise DataError(f"{f}: has no {missing[0]!r} array (each pair's outcome, as frtrain-train writes it)")
-        n = len(arrays["issame"])
-        for key, value in arrays.items():
-            if value.ndim != 1 or len(value) != n:
-                raise DataError(f"{f}: array {key!r} has shape {value.shape}, expected ({n},) like 'issame'")
-        arrays["issame"], arrays["correct"] = arrays["issame"].astype(bool), arrays["correct"].astype(bool)
-        return arrays
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
-def read_run(path: Path) -> Run:
-    """A finished run directory: its cell (compare_cell.json, else its Hydra overrides), config and results."""
-    results = checked_results(path / "results.json")
-    config_file = path / "config.yaml"
-    if not config_file.is_file():
-        raise DataError(f"{path}: no config.yaml (not a frtrain-train run directory)")
-    config = read_yaml(config_file, "run config")
-    if not isinstance(config, dict) or not isinstance(config.get("seed", 0), int) or \
-            not isinstance(config.get("head", {}), dict):
-        raise DataError(f"{config_file}: is not a frtrain-train config (a mapping with an integer seed and a head)")
-    cell_file = path / "compare_cell.json"
-    if cell_file.is_file():
-        cell = read_json(cell_file, "comparison cell")
-        if not isinstance(cell.get("head"), str) or not isinstance(cell.get("split"), list) or \
-                not all(isinstance(kv, list) and len(kv) == 2 for kv in cell["split"]):
-            raise DataError(f"{cell_file}: expected {{\"head\": <name>, \"split\": [[key, value], ...]}}")
-        head, split = cell["head"], ", ".join(f"{k}={v}" for k, v in cell["split"]) or "-"
-    else:
-        overrides_file = path / ".hydra" / "overrides.yaml"
-        overrides = read_yaml(overrides_file, "override list") if overrides_file.is_file() else []
-        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-            raise DataError(f"{overrides_file}: expected a list of overrides")
-        head = next((o.split("=", 1)[1] for o in overrides if o.startswith("head=")),
-                    str(config.get("head", {}).get("_target_", "?")).rsplit(".", 1)[-1])
-        split = ", ".join(o for o in overrides if o.startswith(("protocol=", "experiment="))) or "-"
-    return Run(path, head, int(config.get("seed", 0)), split, config, results)
-
-
-def checked_results(path: Path) -> dict:
-    """A run's ``results.json``, with the fields the comparison reads checked (types, not values)."""
-    results = read_json(path, "run's results")
-    final, history_ = results.get("final", {}), results.get("history", {})
-    ok = isinstance(final, dict) and all(isinstance(v, dict) for v in final.values()) and \
-        isinstance(results.get("train_seconds", 0), (int, float)) and isinstance(history_, dict) and \
-        isinstance(history_.get("eval", []), list) and all(
-            isinstance(e, dict) and isinstance(e.get("step"), int) and isinstance(e.get("accuracy"), (int, float))
-            for e in history_.get("eval", []))
-    if not ok:
-        raise DataError(f"{path}: is not a frtrain-train results.json (final scores by benchmark, train_seconds, "
-                        "history.eval entries with step and accuracy)")
-    return results
-
-
-def find_runs(directories: list[str]) -> list[Run]:
-    runs = []
-    for d in directories:
-        root = Path(d)
-        if not root.exists():
-            raise DataError(f"{root}: no such directory")
-        found = sorted(p.parent for p in root.rglob("results.json"))
-        if not found:
-            raise DataError(f"{root}: no finished run (no results.json below it)")
-        runs += [read_run(p) for p in found]
-    return runs
-
-
-def recipe_differences(runs: list[Run]) -> list[str]:
-    """Config keys, other than the head, the seed and the output paths, that differ between runs of one split."""
-    notes = []
-    for split in sorted({r.split for r in runs}):
-        group = [r for r in runs if r.split == split]
-        flat = [{k: v for k, v in _flatten(r.config).items() if not k.startswith(PER_RUN_KEYS)} for r in group]
-        ref = flat[0]
-        for run, f in zip(group[1:], flat[1:]):
-            for key in sorted(set(ref) | set(f)):
-                if ref.get(key, "<absent>") != f.get(key, "<absent>"):
-                    notes.append(f"split {split}: {run.head} seed {run.seed} has {key}={f.get(key, '<absent>')!r}, "
-                                 f"{group[0].head} seed {group[0].seed} has {ref.get(key, '<absent>')!r}")
-    return notes
-
-
-# -- the report --------------------------------------------------------------------------------------------------
-
-
-def outcomes(runs: list[Run], head: str, benchmark: str, seeds: list[int], splits: list[str]) -> np.ndarray | None:
-    """(seeds, pairs) correctness of ``head`` on ``benchmark``, the splits' pairs concatenated; None if incomplete."""
-    rows = []
-    for seed in seeds:
-        parts = []
-        for split in splits:
-            run = next((r for r in runs if (r.head, r.seed, r.split) == (head, seed, split)), None)
-            pairs = run.pairs(benchmark) if run else None
-            if pairs is None:
-                return None
-            parts.append(pairs["correct"])
-        rows.append(np.concatenate(parts))
-    return np.stack(rows)
-
-
-def tar_at_far(runs: list[Run], head: str, benchmark: str, seed: int, splits: list[str], far: float) -> float | None:
-    """Mean over splits of the TAR at FAR (strict: FAR at most ``far``) of one seed; None with too few impostors."""
-    from sklearn.metrics import roc_curve
-
-    values = []
-    for split in splits:
-        run = next(r for r in runs if (r.head, r.seed, r.split) == (head, seed, split))
-        pairs = run.pairs(benchmark)
-        impostors = int((~pairs["issame"]).sum())
-        if impostors < 1 / far:
-            return None
-        fpr, tpr, _ = roc_curve(pairs["issame"], pairs["score"])
-        values.append(float(tpr[fpr <= far].max()))
-    return float(np.mean(values))
-
-
-def build_report(runs: list[Run], baseline: str | None = None, resamples: int = 10_000) -> dict:
-    from frtrain.evaluation.compare_stats import mean_ci, paired_bootstrap
-
-    heads = list(dict.fromkeys(r.head for r in runs))
-    splits = sorted({r.split for r in runs})
-    benchmarks = sorted({b for r in runs for b in r.results.get("final", {})})
-    report = {"heads": heads, "splits": splits, "benchmarks": {}, "runs": len(runs),
-              "recipe_differences": recipe_differences(runs), "baseline": baseline, "resamples": resamples,
-              "train_minutes": {h: sum(r.results.get("train_seconds", 0) for r in runs if r.head == h) / 60
-                                for h in heads}}
-    for bench in benchmarks:
-        seeds = sorted(set.intersection(*[{r.seed for r in runs if r.head == h} for h in heads]))
-        per_head, correct = {}, {}
-        for h in heads:
-            c = outcomes(runs, h, bench, seeds, splits)
-            if c is None:
-                continue
-            correct[h] = c
-            acc = c.mean(axis=1)
-            m, lo, hi = mean_ci(acc)
-            entry = {"accuracy": m, "low": lo, "high": hi, "per_seed": dict(zip(map(str, seeds), acc.tolist())),
-                     "pairs": int(c.shape[1]), "tar_at_far": {}}
-            for far in FARS:
-                tars = [tar_at_far(runs, h, bench, s, splits, far) for s in seeds]
-                if all(t is not None for t in tars):
-                    tm, tlo, thi = mean_ci(tars)
-                    entry["tar_at_far"][f"{far:g}"] = {"mean": tm, "low": tlo, "high": thi}
-            per_head[h] = entry
-        names = list(correct)
-        if baseline in correct:
-            pairs = [(h, baseline) for h in names if h != baseline]
-        else:
-            pairs = list(itertools.combinations(names, 2))
-        differences = []
-        for a, b in pairs:
-            d = paired_bootstrap(correct[a], correct[b], resamples=resamples, seed=0)
-            differences.append({"a": a, "b": b, "difference": d.difference, "low": d.low, "high": d.high,
-                                "p_value": d.p_value, "verdict": d.verdict, "seeds": d.seeds, "pairs": d.pairs})
-        report["benchmarks"][bench] = {"seeds": seeds, "heads": per_head, "differences": differences,
-                                       "history": history(runs, bench), "roc": mean_roc(runs, bench)}
-    return report
-
-
-def history(runs: list[Run], benchmark: str) -> dict[str, list[list[float]]]:
-    """Per head: [step, mean accuracy over the runs that evaluated at that step]."""
-    out = {}
-    for h in dict.fromkeys(r.head for r in runs):
-        at: dict[int, list[float]] = {}
-        for r in (r for r in runs if r.head == h):
-            for e in r.results.get("history", {}).get("eval", []):
-                if e.get("benchmark") == benchmark:
-                    at.setdefault(int(e["step"]), []).append(float(e["accuracy"]))
-        out[h] = [[s, float(np.mean(v))] for s, v in sorted(at.items())]
-    return out
-
-
-def mean_roc(runs: list[Run], benchmark: str, points: int = 60) -> dict[str, list[list[float]]]:
-    """Per head: the runs' ROC curves averaged at log-spaced false accept rates, [[far, tar], ...]."""
-    from sklearn.metrics import roc_curve
-
-    out = {}
-    for h in dict.fromkeys(r.head for r in runs):
-        curves, smallest = [], 1.0
-        for r in (r for r in runs if r.head == h):
-            pairs = r.pairs(benchmark)
-            if pairs is None:
-                continue
-            fpr, tpr, _ = roc_curve(pairs["issame"], pairs["score"])
-            smallest = min(smallest, 1.0 / max(1, int((~pairs["issame"]).sum())))
-            curves.append((fpr, tpr))
-        if curves:
-            grid = np.logspace(np.log10(smallest), 0, points)
-            tars = np.mean([np.interp(grid, f, t) for f, t in curves], axis=0)
-            out[h] = [[float(a), float(b)] for a, b in zip(grid, tars)]
-    return out
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
-def markdown(report: dict, command: str, plots: dict[str, str]) -> str:
-    lines = ["# Head comparison", "",
-             f"Command: `{command}`", "",
-             f"{report['runs']} runs: heads {', '.join(report['heads'])}; splits {', '.join(report['splits'])}. "
-             "Accuracy: the fraction of pairs classified correctly at their fold's threshold, the splits' pairs "
-             "pooled, as mean and 95% confidence interval (Student t) over seeds. Differences: paired bootstrap "
-             f"over pairs and seeds ({report['resamples']:,} resamples), 95% interval and two-sided p-value.", ""]
-    for bench, b in report["benchmarks"].items():
-        fars = sorted({f for e in b["heads"].values() for f in e["tar_at_far"]}, key=float, reverse=True)
-        lines += [f"## {bench}", "",
-                  f"Seeds {', '.join(map(str, b['seeds']))}; {next(iter(b['heads'].values()))['pairs']:,} pairs per seed.",
-                  "", "| head | accuracy (%) | 95% CI | per seed |" + "".join(f" TAR@FAR={f} (%) |" for f in fars),
-                  "|---|---:|---|---|" + "---:|" * len(fars)]
-        ranked = sorted(b["heads"].items(), key=lambda kv: -kv[1]["accuracy"])
-        for h, e in ranked:
-            seeds = ", ".join(_pct(v) for v in e["per_seed"].values())
-            tars = "".join(f" {_pct(e['tar_at_far'][f]['mean'])} [{_pct(e['tar_at_far'][f]['low'])}, "
-                           f"{_pct(e['tar_at_far'][f]['high'])}] |" if f in e["tar_at_far"] else " - |" for f in fars)
-            lines.append(f"| {h} | {_pct(e['accuracy'])} | [{_pct(e['low'])}, {_pct(e['high'])}] | {seeds} |{tars}")
-        lines += ["", "| A | B | A - B (points) | 95% CI | p | verdict |", "|---|---|---:|---|---:|---|"]
-        for d in sorted(b["differences"], key=lambda d: -abs(d["difference"])):
-            verdict = {"A better": f"{d['a']} better", "B better": f"{d['b']} better"}.get(d["verdict"], d["verdict"])
-            lines.append(f"| {d['a']} | {d['b']} | {100 * d['difference']:+.2f} | [{100 * d['low']:+.2f}, "
-                         f"{100 * d['high']:+.2f}] | {d['p_value']:.3g} | {verdict} |")
-        lines.append("")
-    for title, name in plots.items():
-        lines += [f"![{title}]({name})", ""]
-    lines += ["## Recipe", ""]
-    if report["recipe_differences"]:
-        lines += ["**The runs differ in more than the head and the seed:**", ""]
-        lines += [f"- {n}" for n in report["recipe_differences"]] + [""]
-    else:
-        lines += ["Within each split, the runs' composed configs (config.yaml) differ only in the head and the seed.", ""]
-    lines += ["Training time (minutes, all seeds and splits): "
-              + ", ".join(f"{h} {m:.1f}" for h, m in report["train_minutes"].items()), ""]
-    return "\n".join(lines)
-
-
-def plot(report: dict, directory: Path, stem: str = "") -> dict[str, str]:
-    """accuracy_vs_step.png and roc.png (one panel per benchmark); returns {title: file name}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    benches = list(report["benchmarks"])
-    if not benches:
-        return {}
-    files = {}
-    for kind, title in (("history", "accuracy against training step"), ("roc", "ROC (mean of the runs)")):
-        fig, axes = plt.subplots(1, len(benches), figsize=(6.5 * len(benches), 4.5), squeeze=False)
-        for ax, bench in zip(axes[0], benches):
-            for head, points in report["benchmarks"][bench][kind].items():
-                if points:
-                    x, y = zip(*points)
-                    ax.plot(x, [100 * v for v in y], marker="." if kind == "history" else None, label=head)
-            if kind == "roc":
-                ax.set_xscale("log")
-                ax.set_xlabel("false accept rate")
-                ax.set_ylabel("true accept rate (%)")
-            else:
-                ax.set_xlabel("training step")
-                ax.set_ylabel("accuracy (%), mean of runs")
-            ax.set_title(bench)
-            ax.grid(alpha=0.3)
-            ax.legend(ncol=2, fontsize=7)
-        fig.tight_layout()
-        name = f"{stem}{'accuracy_vs_step' if kind == 'history' else 'roc'}.png"
-        fig.savefig(directory / name, dpi=100)
-        plt.close(fig)
-        files[title] = name
-    return files
-
-
-def write_report(runs: list[Run], out: Path, command: str, baseline: str | None, resamples: int,
-                 publish: str | None = None) -> dict:
-    report = build_report(runs, baseline, resamples)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = plot(report, out)
-    (out / "comparison.md").write_text(markdown(report, command, plots))
-    (out / "comparison.json").write_text(json.dumps({"command": command, **report}, indent=1) + "\n")
-    if publish:
-        target = Path(publish)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        published = plot(report, target.parent, f"{target.stem}_")
-        old = target.read_text() if target.is_file() else ""
-        notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else NOTES_MARKER + "\n"
-        target.write_text(markdown(report, command, published).rstrip("\n") + "\n\n" + notes)
-    return report
-
-
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party_warnings("frtrain-compare")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in HELP_FLAGS for a in argv):
+        print(command_help("frtrain-compare", __doc__ + "\nThe other key=value options are frtrain-train's: "
+                                                        "frtrain-train --help lists them."))
+        return 0
     with one_line_errors("frtrain-compare"):
         if argv and argv[0] == "report":
             dirs = [a for a in argv[1:] if "=" not in a]
@@ -584,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         grid = parse(argv)
         out = Path(grid.options.get("out") or os.path.join("runs", "compare", time.strftime("%Y-%m-%d_%H-%M-%S")))
-        check_grid(grid)
         started = time.time()
+        check_grid(grid)
         counts = run_grid(grid, out)
         wall = time.time() - started
         runs = [read_run(c.directory(out)) for c in grid.cells]

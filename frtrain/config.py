@@ -114,7 +114,8 @@ def register_schemas() -> None:
         cs.store(group=group, name="schema", node=node)
 
 
-def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+def compose(config_name: str = "train", overrides: list[str] | None = None,
+            return_hydra_config: bool = False) -> DictConfig:
     """The config ``frtrain-<config_name>`` would run with ``overrides`` (for tests and scripts)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -123,9 +124,9 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
     register_schemas()
     overrides = normalise_overrides(list(overrides or []))
     if GlobalHydra.instance().is_initialized():
-        return hydra_compose(config_name, overrides=overrides)
+        return hydra_compose(config_name, overrides=overrides, return_hydra_config=return_hydra_config)
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return hydra_compose(config_name, overrides=overrides)
+        return hydra_compose(config_name, overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def group_options(group: str) -> list[str]:

@@ -22,11 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from frtrain import config
 from frtrain.cli import hydra_entry_point, run_directory
-from frtrain.data.loader import resolve_threads
-from frtrain.engine.checkpoint import load_model, resolve_checkpoint
-from frtrain.engine.trainer import resolve_device, resolve_precision
+from frtrain.engine.build import build_benchmarks, embed_options
+from frtrain.engine.model_files import load_model, resolve_checkpoint
+from frtrain.evaluation.embed import Embedder, score_benchmarks
 from frtrain.evaluation.report import write_report
-from frtrain.evaluation.verify import Verifier
+from frtrain.runtime import resolve_device, resolve_precision, resolve_threads
 
 log = logging.getLogger("frtrain")
 
@@ -39,10 +39,11 @@ def evaluate(cfg: DictConfig) -> dict:
     model, meta = load_model(path, cfg.get("backbone"), cfg.get("input"))
     onnx = path.endswith(".onnx")
     device = resolve_device("cpu" if onnx else str(cfg.device))
-    verifier = Verifier.from_config(cfg, model, cache_images=False)
     stat = os.stat(path)
-    verifier.model_key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"  # IJB embeddings resume for the same file
-    results = verifier.run(model.to(device), device, resolve_precision(str(cfg.precision), device), progress=True)
+    embedder = Embedder(model.to(device), device, autocast_dtype=resolve_precision(str(cfg.precision), device),
+                        progress=True, model_key=f"{path}:{stat.st_size}:{stat.st_mtime_ns}",  # IJB embeddings resume
+                        **embed_options(cfg.eval))
+    results = score_benchmarks(build_benchmarks(config.benchmark_nodes(cfg)), embedder)
     record = {"backbone": (meta.get("backbone") or {}).get("_target_"),
               "config": {"eval": OmegaConf.to_container(cfg.eval, resolve=True),
                          "benchmarks": (OmegaConf.to_container(cfg.benchmarks, resolve=True)
@@ -55,7 +56,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    hydra_entry_point("frtrain-eval", "evaluate", evaluate, argv)
+    hydra_entry_point("frtrain-eval", "evaluate", evaluate, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -15,18 +15,36 @@ with PyTorch: the largest difference of the L2-normalised embeddings is printed 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
+import sys
+import warnings
 
 import torch
 from omegaconf import DictConfig
 
 from frtrain.cli import hydra_entry_point
-from frtrain.engine.checkpoint import load_model, resolve_checkpoint
+from frtrain.engine.model_files import load_model, resolve_checkpoint
 from frtrain.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("frtrain")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keep torch.onnx's and onnxscript's progress notes (~20 lines per export) off the console; yields them."""
+    said = io.StringIO()
+    disabled = logging.root.manager.disable
+    logging.disable(logging.INFO)  # onnxscript's and onnx_ir's pass reports are INFO records of many loggers
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield said
+    finally:
+        logging.disable(disabled)
 
 
 def export_onnx(backbone: torch.nn.Module, meta: dict, out: str, opset: int = 18) -> str:
@@ -40,10 +58,14 @@ def export_onnx(backbone: torch.nn.Module, meta: dict, out: str, opset: int = 18
     example = torch.randn(2, 3, h, w)
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with torch.no_grad():
-        torch.onnx.export(backbone, (example,), out, input_names=["images"], output_names=["embeddings"],
-                          dynamic_shapes={"x": {0: batch}} if _forward_arg(backbone) == "x" else ({0: batch},),
-                          opset_version=opset, dynamo=True, external_data=False)
+    with torch.no_grad(), _quiet() as said:
+        try:
+            torch.onnx.export(backbone, (example,), out, input_names=["images"], output_names=["embeddings"],
+                              dynamic_shapes={"x": {0: batch}} if _forward_arg(backbone) == "x" else ({0: batch},),
+                              opset_version=opset, dynamo=True, external_data=False, verbose=False)
+        except Exception:
+            print(said.getvalue(), file=sys.stderr, end="")  # what the exporter said helps with its error
+            raise
     model = onnx.load(out)
     record = {"input_size": list(backbone.input_size), "mean": list(backbone.mean), "std": list(backbone.std),
               "embedding_size": int(backbone.embedding_size), "backbone": meta.get("backbone")}
@@ -119,6 +141,19 @@ def read_threshold(source: str, benchmark: str | None, far: float) -> dict:
         raise ConfigError(str(e)) from None
 
 
+def check_enough_impostors(threshold: dict, allowed: bool, option: str = "threshold.allow_few_impostors") -> None:
+    """A threshold at FAR f backed by fewer than 10/f impostor pairs will not hold f in deployment: refused unless
+    ``allowed``, and said with the count either way."""
+    far, impostors = threshold.get("far"), threshold.get("impostors")
+    if far is None or impostors is None or threshold.get("reliable", True):
+        return
+    message = (f"the threshold at FAR {far:g} on {threshold.get('benchmark')} rests on {impostors:,} impostor pairs, "
+               f"fewer than 10/FAR = {int(round(10 / far)):,}: it will not hold that false accept rate")
+    if not allowed:
+        raise ConfigError(f"{message}; score more impostor pairs, take a larger FAR, or set {option}=true")
+    log.warning("%s (%s=true)", message, option)
+
+
 def export(cfg: DictConfig) -> str:
     """Export ``cfg.model`` in ``cfg.format``; returns the written path. With ``threshold.report`` the cosine threshold
     at ``threshold.far`` from that frtrain-eval report goes into the ONNX metadata and the checkpoint's record."""
@@ -128,7 +163,9 @@ def export(cfg: DictConfig) -> str:
     backbone, meta = load_model(path, cfg.get("backbone"))
     t = cfg.get("threshold") or {}
     if t.get("report"):
-        meta = dict(meta, threshold=read_threshold(str(t.report), t.get("benchmark"), float(t.get("far", 1e-3))))
+        threshold = read_threshold(str(t.report), t.get("benchmark"), float(t.get("far", 1e-3)))
+        check_enough_impostors(threshold, bool(t.get("allow_few_impostors", False)))
+        meta = dict(meta, threshold=threshold)
         write_threshold_to_checkpoint(path, meta["threshold"])
     fmt = str(cfg.format)
     stem = os.path.splitext(path)[0]
@@ -152,7 +189,7 @@ def export(cfg: DictConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    hydra_entry_point("frtrain-export", "export", export, argv)
+    hydra_entry_point("frtrain-export", "export", export, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,10 @@ from frtrain import config
 from frtrain import distributed as D
 from frtrain.backbones.common import check_backbone
 from frtrain.cli import hydra_entry_point, run_directory
-from frtrain.data.loader import ResumableBatchSampler, make_loader, resolve_threads, resolve_workers
+from frtrain.data.loader import ResumableBatchSampler, make_loader
+from frtrain.runtime import resolve_device, resolve_threads, resolve_workers
 from frtrain.engine import checkpoint as ckpt_io
-from frtrain.engine.build import build
+from frtrain.engine.build import build, build_benchmarks, embed_options
 from frtrain.engine.run_dir import RunDirectoryBusy, RunLock, remove_unstarted, untouched
 
 log = logging.getLogger("frtrain")
@@ -86,8 +87,7 @@ def train(cfg: DictConfig) -> dict:
 
 def build_trainer(cfg: DictConfig, out_dir: str):
     """Everything ``cfg`` describes, built top to bottom and handed to a :class:`Trainer`."""
-    from frtrain.engine.trainer import Trainer, model_meta, resolve_device, schedule_length  # TensorBoard, sklearn:
-    from frtrain.evaluation.verify import Verifier  # imported after the checks, so a config mistake fails in ~3 s
+    from frtrain.engine.trainer import Trainer, model_meta, schedule_length  # TensorBoard, sklearn:
 
     opts, loader_cfg = config.to_object(cfg.trainer), config.to_object(cfg.data.loader)
     workers = resolve_workers(loader_cfg.num_workers)
@@ -112,12 +112,13 @@ def build_trainer(cfg: DictConfig, out_dir: str):
     optimizer = build("optim", cfg.optim)([{"params": backbone_params}] + head.param_groups())
     schedule = build("sched", cfg.sched)(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    verifier = Verifier.from_config(cfg, backbone)
+    benchmarks = build_benchmarks(config.benchmark_nodes(cfg))
     meta = model_meta(OmegaConf.to_container(cfg.backbone, resolve=True),
                       OmegaConf.to_container(cfg.head, resolve=True), backbone, dataset.num_classes)
     log.info("output directory: %s; %d CPU threads, %d loader workers; head: %s", out_dir,
              torch.get_num_threads(), workers, head)
-    return Trainer(backbone, head, dataset, sampler, loader, optimizer, scheduler, verifier, opts, out_dir, meta,
+    return Trainer(backbone, head, dataset, sampler, loader, optimizer, scheduler, benchmarks,
+                   embed_options(cfg.eval), opts, out_dir, meta,
                    total_steps, steps_per_epoch, seed=cfg.seed, eval_every=cfg.eval.every_steps,
                    eval_at_start=cfg.eval.at_start, select=cfg.eval.select,
                    final_only=tuple(cfg.eval.get("final_only") or ()), device=device)
@@ -135,7 +136,7 @@ def _task(cfg: DictConfig) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    hydra_entry_point("frtrain-train", "train", _task, argv)
+    hydra_entry_point("frtrain-train", "train", _task, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

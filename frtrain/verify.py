@@ -3,13 +3,18 @@
     frtrain-verify model=runs/<run> a.jpg b.jpg                       # aligned crops; the model's recorded threshold
     frtrain-verify model=face.onnx a.jpg b.jpg threshold=0.31         # or a threshold of your own
     frtrain-verify model=best.pt raw1.jpg raw2.jpg landmarks=pts.txt  # raw photos, aligned from 5 landmarks each
+    frtrain-verify model=face_recognition_sface_2021dec.onnx input=sface a.jpg b.jpg threshold=0.36
 
-``model`` is what ``frtrain-eval`` takes (a checkpoint, a run directory, an ONNX file; ``backbone=<name>`` for a
-plain state dict). The threshold is the one ``frtrain-export ... threshold.report=<frtrain-eval report>`` recorded
-in the checkpoint or the ONNX file (a cosine at a false accept rate on a benchmark, printed with it), unless
-``threshold=`` gives one. Images are embedded as the evaluator embeds them (the image plus its horizontal flip,
+The two images are the positional arguments; the rest are key=value options, as every frtrain command takes them
+(``frtrain-verify --help`` lists them). ``model`` is what ``frtrain-eval`` takes (a checkpoint, a run directory, an
+ONNX file with ``input=<preset>`` or ``input.size=...`` when it was made elsewhere; ``backbone=<name>`` for a plain
+state dict). The threshold is the one ``frtrain-export ... threshold.report=<frtrain-eval report>`` recorded in the
+checkpoint or the ONNX file (a cosine at a false accept rate on a benchmark, printed with it), unless
+``threshold=`` gives one; a recorded threshold backed by fewer than 10/FAR impostor pairs is refused unless
+``allow_few_impostors=true``. Images are embedded as the evaluator embeds them (the image plus its horizontal flip,
 summed, L2-normalised), so the score equals the one ``frtrain-eval`` computes for the same pair. ``landmarks``: a
-file of lines ``<image> x1 y1 ... x5 y5 [score]`` (the image's name or path), see ``scripts/align.py``.
+file of lines ``<image> x1 y1 ... x5 y5 [score]`` (the image's name, path, or the ending of its path), as
+``scripts/align.py`` reads them.
 """
 
 from __future__ import annotations
@@ -18,90 +23,105 @@ import os
 import sys
 
 import numpy as np
+from omegaconf import DictConfig
 
-from frtrain.cli import one_line_errors, quiet_third_party_warnings
+from frtrain.cli import hydra_entry_point
 from frtrain.errors import ConfigError
 
-USAGE = "usage: frtrain-verify model=<checkpoint|run|onnx> IMAGE_A IMAGE_B [threshold=T] [landmarks=FILE] [backbone=NAME]"
-OPTIONS = ("model", "threshold", "landmarks", "backbone", "device")
+#: the options (configs/verify.yaml); anything else that is not key=value is an image
+OPTIONS = ("model", "threshold", "landmarks", "backbone", "device", "input", "paths", "allow_few_impostors", "images")
 
 
-def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    opts, images = {}, []
+def _quoted(path: str) -> str:
+    """A path as a quoted string of Hydra's override grammar."""
+    return "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def to_overrides(argv: list[str]) -> list[str]:
+    """The command line as Hydra overrides: the two positional images become ``images=[...]``."""
+    overrides, images = [], []
     for a in argv:
-        if "=" in a and not os.path.exists(a):
-            key, value = a.split("=", 1)
-            if key not in OPTIONS:
-                raise ConfigError(f"{key}: no such option of frtrain-verify (options: {', '.join(OPTIONS)})")
-            opts[key] = value
+        key = a.split("=", 1)[0].lstrip("+~")
+        if a.startswith("-") or ("=" in a and not os.path.exists(a) and key.split(".")[0] in OPTIONS + ("hydra",)):
+            overrides.append(a)
+        elif "=" in a and not os.path.exists(a):
+            raise ConfigError(f"{key}: no such option of frtrain-verify (options: {', '.join(OPTIONS[:-1])})")
         else:
             images.append(a)
-    if "model" not in opts or len(images) != 2:
-        raise ConfigError(f"give model= and exactly two images ({len(images)} given); {USAGE}")
-    return opts, images
+    if images:
+        overrides.append("images=[" + ",".join(_quoted(os.path.abspath(i)) for i in images) + "]")
+    return overrides
 
 
-def load_face(path: str, size, landmarks: dict | None) -> np.ndarray:
+def load_face(path: str, size, landmarks: dict | None, landmark_file: str = "") -> np.ndarray:
     """(H, W, 3) uint8 at the model's input size: aligned from its landmarks when given, else taken as aligned."""
     from frtrain.data.images import read_image, resize_to
-    from frtrain.errors import DataError
-    from frtrain.evaluation.align import align_face
+    from frtrain.evaluation.align import align_face, landmarks_for
 
     image = read_image(path)
     if landmarks is not None:
-        lmk = landmarks.get(path, landmarks.get(os.path.basename(path)))
-        if lmk is None:
-            raise DataError(f"{path}: no landmarks for this image in the landmark file")
-        image = align_face(image, lmk, 112, where=f"{path} landmarks")
+        image = align_face(image, landmarks_for(landmarks, path, landmark_file), 112, where=f"{path} landmarks")
     return resize_to(image, tuple(size))
 
 
-def verify(opts: dict[str, str], images: list[str]) -> tuple[float, dict | None]:
-    """(cosine score, threshold record or None) of the two images."""
+def verify(cfg: DictConfig) -> tuple[float, dict | None]:
+    """(cosine score, threshold record or None) of the two images of ``cfg.images``."""
     import torch
 
-    from frtrain.config import compose
-    from frtrain.engine.checkpoint import load_model, resolve_checkpoint
+    from frtrain.engine.model_files import load_model, resolve_checkpoint
     from frtrain.evaluation.align import read_landmark_file
-    from frtrain.evaluation.embed import embed_batches
+    from frtrain.evaluation.embed import Embedder
+    from frtrain.export import check_enough_impostors
 
-    path = resolve_checkpoint(opts["model"])
-    backbone_cfg = compose("train", [f"backbone={opts['backbone']}"]).backbone if opts.get("backbone") else None
-    model, meta = load_model(path, backbone_cfg)
+    images = list(cfg.images)
+    if len(images) != 2:
+        raise ConfigError(f"give exactly two images ({len(images)} given); frtrain-verify --help shows the usage")
+    path = resolve_checkpoint(cfg.model)
+    model, meta = load_model(path, cfg.get("backbone"), cfg.get("input"))
     record = dict(meta.get("threshold") or (getattr(model, "meta", {}) or {}).get("threshold") or {}) or None
-    if opts.get("threshold"):
+    if cfg.threshold is not None:
         try:
-            record = {"cosine": float(opts["threshold"]), "far": None, "benchmark": "given on the command line"}
+            record = {"cosine": float(cfg.threshold), "far": None, "benchmark": "given on the command line"}
             if not -1.0 <= record["cosine"] <= 1.0:
                 raise ValueError
         except ValueError:
-            raise ConfigError(f"threshold={opts['threshold']!r}: expected a cosine similarity, e.g. threshold=0.3") from None
+            raise ConfigError(f"threshold={cfg.threshold!r}: expected a cosine similarity, e.g. threshold=0.3") from None
     landmarks = None
-    if opts.get("landmarks"):
-        landmarks = {name: lmk for name, lmk, _ in read_landmark_file(opts["landmarks"])}
-    faces = np.stack([load_face(p, model.input_size, landmarks) for p in images])
+    if cfg.landmarks:
+        landmarks = {name: lmk for name, lmk, _ in read_landmark_file(str(cfg.landmarks))}
+    faces = np.stack([load_face(p, model.input_size, landmarks, str(cfg.landmarks or "")) for p in images])
     batch = torch.from_numpy(np.ascontiguousarray(faces.transpose(0, 3, 1, 2)))
-    device = torch.device(opts.get("device", "cpu"))
-    emb, _ = embed_batches(model.to(device) if hasattr(model, "to") else model, [batch], model.mean, model.std,
-                           device, "sum")
+    device = torch.device(str(cfg.device))
+    embedder = Embedder(model.to(device) if hasattr(model, "to") else model, device, flip="sum", batch_size=2)
+    emb, _ = embedder.forward([batch])
+    if cfg.threshold is None and record is not None:
+        check_enough_impostors(record, bool(cfg.allow_few_impostors), "allow_few_impostors")
     emb = emb.astype(np.float64)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     return float(emb[0] @ emb[1]), record
 
 
+def _task(cfg: DictConfig) -> int:
+    score, record = verify(cfg)
+    if record is None:
+        print(f"cosine {score:.4f}; no threshold: the model records none (frtrain-export ... threshold.report=...) "
+              "and none was given (threshold=...)", flush=True)
+        return 0
+    verdict = "same person" if score >= record["cosine"] else "different people"
+    where = (f"FAR {record['far']:g} on {record['benchmark']}" if record.get("far") is not None
+             else record["benchmark"])
+    print(f"cosine {score:.4f}; threshold {record['cosine']:.4f} ({where}): {verdict}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    quiet_third_party_warnings("frtrain-verify")
-    with one_line_errors("frtrain-verify"):
-        opts, images = parse(list(sys.argv[1:] if argv is None else argv))
-        score, record = verify(opts, images)
-        if record is None:
-            print(f"cosine {score:.4f}; no threshold: the model records none (frtrain-export ... threshold.report=...) "
-                  "and none was given (threshold=...)", flush=True)
-            return 0
-        verdict = "same person" if score >= record["cosine"] else "different people"
-        where = (f"FAR {record['far']:g} on {record['benchmark']}" if record.get("far") is not None
-                 else record["benchmark"])
-        print(f"cosine {score:.4f}; threshold {record['cosine']:.4f} ({where}): {verdict}", flush=True)
+    from frtrain.cli import HELP_FLAGS, one_line_errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a in HELP_FLAGS for a in argv):
+        with one_line_errors("frtrain-verify"):
+            argv = to_overrides(argv)
+    hydra_entry_point("frtrain-verify", "verify", _task, argv, doc=__doc__)
     return 0
 
 

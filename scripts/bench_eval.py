@@ -82,7 +82,7 @@ def score_memory(args, model_name: str, forward_batch) -> dict:
 def memory_worker(argv) -> None:
     import torch
 
-    from frtrain.evaluation.verify import Verifier
+    from frtrain.evaluation.embed import Embedder
 
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -95,13 +95,12 @@ def memory_worker(argv) -> None:
     bench, _ = benchmark(args)
     backbone = build_backbone(args.model)
     batch = args.forward_batch if args.forward_batch == "auto" else int(args.forward_batch)
-    verifier = Verifier([bench], backbone.input_size, backbone.mean, backbone.std, batch_size=batch,
-                        num_workers=args.workers, cache_images=False)
-    chosen = verifier.forward_batch(torch.device("cpu"), backbone)
+    embedder = Embedder(backbone, torch.device("cpu"), batch_size=batch, num_workers=args.workers)
+    chosen = embedder.forward_batch
     before = _rss_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     t = time.perf_counter()
-    acc = verifier.score(backbone, bench, torch.device("cpu")).accuracy
+    acc = bench.score(embedder).accuracy
     seconds = time.perf_counter() - t
     print(json.dumps({"model": args.model, "forward_batch": args.forward_batch, "images_per_forward": chosen,
                       "peak_growth_bytes": (_rss_kib("VmHWM") - before) * 1024, "rss_before_bytes": before * 1024,
@@ -111,30 +110,28 @@ def memory_worker(argv) -> None:
 def measure(bench, model_name: str, device: str, workers: int, repeats: int, batch) -> list[dict]:
     import torch
 
-    from frtrain.evaluation.embed import decode_all
-    from frtrain.evaluation.verify import DECODE_BATCH, Verifier, _Resized
+    from frtrain.evaluation.embed import DECODE_BATCH, Embedder, Resized, decode_all
 
     backbone = build_backbone(model_name).to(device)
-    verifier = Verifier([bench], backbone.input_size, backbone.mean, backbone.std, batch_size=batch,
-                        num_workers=workers, cache_images=False)
+    embedder = Embedder(backbone, torch.device(device), batch_size=batch, num_workers=workers)
     rows = []
     decode = []
     for _ in range(repeats):
         t = time.perf_counter()
-        decode_all(_Resized(bench.load, verifier.input_size), bench.num_images, DECODE_BATCH, workers)
+        decode_all(Resized(bench.load, embedder.input_size), bench.num_images, DECODE_BATCH, workers)
         decode.append(time.perf_counter() - t)
     score, acc = [], None
     for _ in range(repeats):
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        acc = verifier.score(backbone, bench, torch.device(device)).accuracy
+        acc = bench.score(embedder).accuracy
         score.append(time.perf_counter() - t)
     for stage, times in (("decode", decode), ("score", score)):
         s = statistics.median(times)
-        rows.append({"model": model_name, "input": f"{verifier.input_size[0]}x{verifier.input_size[1]}",
+        rows.append({"model": model_name, "input": f"{embedder.input_size[0]}x{embedder.input_size[1]}",
                      "device": device, "workers": workers, "stage": stage, "seconds": s,
-                     "forward_batch": str(batch), "images_per_forward": verifier.forward_batch(torch.device(device), backbone),
+                     "forward_batch": str(batch), "images_per_forward": embedder.forward_batch,
                      "pairs_per_s": bench.num_pairs / s, "images_per_s": bench.num_images / s,
                      "times": times, **({"accuracy": acc} if stage == "score" else {})})
     return rows

@@ -3,7 +3,7 @@
     python scripts/bench_ijb.py                       # 20,000 images, 2,000 templates, 1,000,000 pairs, d = 512
     python scripts/bench_ijb.py --ijbc                # also IJB-C's size: 469,375 images, 23,124 templates, 15.7M pairs
 
-Scoring (``frtrain/evaluation/ijb.py``): random image embeddings (image and flip, float32) in a memory-mapped file
+Scoring (``frtrain/evaluation/templates.py``): random image embeddings (image and flip, float32) in a memory-mapped file
 as the embedding stage leaves them; templates of 1-4 medias of 1-5 images; 1:1 pairs (10% genuine) and a 1:N split
 (two galleries, the rest probes). Each run is a fresh child process; ``peak above embeddings`` is its peak
 resident memory minus what it held after opening the embedding file; the pages of the file it reads count there
@@ -58,7 +58,8 @@ def synthetic_layout(images: int, templates: int, pairs: int, seed: int = 0):
 def scoring_worker(images: int, templates: int, pairs: int, dim: int, tmp: str) -> dict:
     import numpy as np
 
-    from frtrain.evaluation.ijb import identification_rates, pair_scores, tar_at_far_rules, template_features
+    from frtrain.evaluation.metrics import roc
+    from frtrain.evaluation.templates import identification_rates, pair_scores, template_features
 
     tpl, media, pair_ids, labels, subjects = synthetic_layout(images, templates, pairs)
     path = os.path.join(tmp, "emb.f32")
@@ -83,7 +84,7 @@ def scoring_worker(images: int, templates: int, pairs: int, dim: int, tmp: str) 
 
     (ids, feats), aggregate_s = stage(template_features, raw, scores, np.arange(images), tpl, media, "sum", False, True)
     s, pairs_s = stage(pair_scores, ids, feats, pair_ids)
-    _, roc_s = stage(tar_at_far_rules, labels, s)
+    _, roc_s = stage(roc, labels, s)
     gallery = np.arange(0, templates, 3)
     probes = np.setdiff1d(np.arange(templates), gallery)
     _, ident_s = stage(identification_rates, feats[probes], subjects[probes], feats[gallery[: len(gallery) // 2]],
@@ -103,7 +104,9 @@ def embedding_speed(images: int, model: str, workers: int) -> dict:
     from frtrain.data.synthetic import draw_image
     from frtrain.engine.build import build
     from frtrain.evaluation.align import ARCFACE_TEMPLATE
-    from frtrain.evaluation.ijb import TemplateBenchmark, embed_images
+    from frtrain.evaluation.embed import Embedder
+    from frtrain.evaluation.ijb_release import TemplateBenchmark
+    from frtrain.evaluation.templates import embed_images
 
     backbone = build("backbone", compose("train", [f"backbone={model}"]).backbone).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,12 +117,12 @@ def embedding_speed(images: int, model: str, workers: int) -> dict:
             p = crops / f"{i}.jpg"
             p.write_bytes(draw_image(0, 1, i // 5, i, 112))
             paths.append(str(p))
-        lmk = np.repeat(ARCFACE_TEMPLATE[None].astype(np.float32), images, 0)
+        lmk = np.repeat(ARCFACE_TEMPLATE[None], images, 0)
         bench = TemplateBenchmark("bench", tmp, "ijbc", paths, lmk, np.ones(images, np.float32),
                                   np.arange(images), np.arange(images), np.zeros((0, 2), int), np.zeros(0, np.int8))
         t = time.perf_counter()
-        embed_images(bench, backbone, backbone.input_size, backbone.mean, backbone.std, torch.device("cpu"), 32,
-                     workers, Path(tmp) / "emb.f32")
+        embed_images(bench, Embedder(backbone, torch.device("cpu"), batch_size=32, num_workers=workers),
+                     Path(tmp) / "emb.f32")
         seconds = time.perf_counter() - t
     return {"model": model, "input": list(backbone.input_size), "images": images, "workers": workers,
             "seconds": seconds, "images_per_s": images / seconds}

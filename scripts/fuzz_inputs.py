@@ -34,7 +34,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -250,7 +249,8 @@ def mutate_checkpoint(ckpt: dict, rng: random.Random) -> dict:
 def fuzz_checkpoints(count: int, seed: int, work: Path, seconds: float) -> dict:
     import torch
 
-    from frtrain.engine.checkpoint import load_checkpoint, load_model
+    from frtrain.engine.checkpoint import load_checkpoint
+    from frtrain.engine.model_files import load_model
 
     trainer, path = train_tiny(work)
     ckpt = torch.load(path, weights_only=True)

@@ -63,3 +63,18 @@ TINY_EVAL = [
     "eval.benchmarks.synthetic.image_size=40",
 ]
 TINY_RUN = TINY_DATA + TINY_EVAL
+
+
+def insightface_tar_table(label, score, fars) -> dict[str, float]:
+    """The reference for TAR@FAR by insightface's rule, as its eval_ijbc.py computes the table: scikit-learn's
+    roc_curve, flipud ('select largest tpr at same fpr'), then per target min(zip(|fpr - x|, index))."""
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(label, score)
+    fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+    out = {}
+    for x in fars:
+        _, min_index = min(list(zip(abs(fpr - x), range(len(fpr)))))
+        out[f"{x:g}"] = float(tpr[min_index])
+    return out

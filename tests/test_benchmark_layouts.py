@@ -13,9 +13,9 @@ from frtrain.data.images import center_crop, read_image, resize_to
 from frtrain.data.synthetic import draw_image
 from frtrain.errors import DataError
 from frtrain.evaluation.cfp import cfp_benchmark
-from frtrain.evaluation.metrics import verification_scores
+from frtrain.evaluation.benchmarks import verification_scores
 from frtrain.evaluation.pairlist import csv_benchmark
-from frtrain.evaluation.verify import Verifier
+from frtrain.evaluation.embed import Embedder
 from frtrain.evaluation.ytf import evenly_spaced, ytf_benchmark
 
 SIZE = 24
@@ -150,8 +150,8 @@ def _pool_model(x: torch.Tensor) -> torch.Tensor:
 def test_ytf_video_embedding_is_the_mean_of_normalised_frame_embeddings(ytf):
     crop = (0.3, 0.2, 0.3, 0.2)
     bench = ytf_benchmark(str(ytf), frames_per_video=4, crop=crop)
-    verifier = Verifier([bench], (16, 16), (0.5,) * 3, (0.5,) * 3, batch_size=5, cache_images=False)
-    got = verifier.score(_pool_model, bench, torch.device("cpu"))
+    got = bench.score(Embedder(_pool_model, torch.device("cpu"), batch_size=5, input_size=(16, 16), mean=(0.5,) * 3,
+                               std=(0.5,) * 3))
 
     def frame_embedding(path):  # independent: crop, resize, normalise, flip-sum, L2-normalise
         img = resize_to(center_crop(read_image(path), crop), (16, 16))

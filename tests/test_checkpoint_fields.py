@@ -16,6 +16,7 @@ import torch
 
 from frtrain.backbones import IResNet
 from frtrain.engine import checkpoint as ckpt_io
+from frtrain.engine import model_files
 from frtrain.errors import CheckpointError, first_line
 from frtrain.train import build_trainer
 
@@ -45,7 +46,7 @@ def test_a_record_asking_for_another_network_is_refused_from_the_weights_in_well
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     with pytest.raises(CheckpointError) as e:
-        ckpt_io.load_model(path)
+        model_files.load_model(path)
     assert time.perf_counter() - started < 5.0  # a behaviour bound (the old cost was minutes), not a benchmark
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024 < 200  # no allocation of that size
     assert str(e.value).startswith(path) and "\n" not in str(e.value)
@@ -53,7 +54,7 @@ def test_a_record_asking_for_another_network_is_refused_from_the_weights_in_well
 
 
 def test_a_record_that_matches_its_weights_still_loads(tmp_path):
-    backbone, meta = ckpt_io.load_model(_backbone_checkpoint(tmp_path / "ok.pt"))
+    backbone, meta = model_files.load_model(_backbone_checkpoint(tmp_path / "ok.pt"))
     assert backbone.embedding_size == 32 and meta["num_classes"] == 60
 
 
@@ -125,7 +126,7 @@ RESUME_ONLY = [
 
 def _readers(trainer):
     return {
-        "frtrain-eval/verify/export": lambda p: ckpt_io.load_model(p),
+        "frtrain-eval/verify/export": lambda p: model_files.load_model(p),
         "trainer.init_from": lambda p: trainer.init_weights(p),
         "trainer.resume": lambda p: trainer.load_state_dict(ckpt_io.load_checkpoint(p, mmap=True), p),
     }

@@ -110,3 +110,57 @@ def test_output_dir_holds_the_whole_run(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "train.log").is_file() and (out / ".hydra" / "config.yaml").is_file()
     assert (out / "checkpoints").is_dir() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("module, program, mentions, absent", [
+    ("frtrain.train", "frtrain-train", ["Config groups of frtrain-train", "  head ", "  trainer "], []),
+    ("frtrain.evaluate", "frtrain-eval", ["  benchmarks ", "  input ", "model=???  (required)"], ["  head ", "  optim "]),
+    ("frtrain.export", "frtrain-export", ["format=onnx", "model=???"], ["  head "]),
+    ("frtrain.verify", "frtrain-verify", ["images=???", "allow_few_impostors=False", "  input "], ["  head "]),
+    ("frtrain.compare", "frtrain-compare", ["frtrain-compare report", "frtrain-train --help"], []),
+    ("frtrain.interop", "frtrain-import-insightface", ["backbone=iresnet50 out=r50.pt num_classes=93431"], []),
+])
+def test_every_command_answers_help_with_its_own_usage_and_options(capsys, module, program, mentions, absent):
+    """Before: frtrain-compare --help was a Hydra lexer error, frtrain-eval --help listed the training groups."""
+    import importlib
+
+    importlib.import_module(module).main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"``{program}``") and "Powered by Hydra" not in out and "powered by Hydra" not in out
+    for text in mentions:
+        assert text in out, text
+    for text in absent:
+        assert text not in out, text
+
+
+def test_import_insightface_still_reads_the_old_flag_spelling(tmp_path, capsys):
+    from frtrain.interop import parse
+
+    with pytest.warns(FutureWarning, match="--backbone iresnet50 is now backbone=iresnet50"):
+        directory, options, _ = parse([str(tmp_path), "--backbone", "iresnet50", "--out=x.pt", "--num-classes", "7"])
+    assert directory == str(tmp_path) and options == {"backbone": "iresnet50", "out": "x.pt", "num_classes": "7"}
+    assert parse([str(tmp_path), "backbone=iresnet50", "out=x.pt", "backbone.embedding_size=256"])[2] == \
+        ["backbone.embedding_size=256"]
+    from frtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="outt: no such option of frtrain-import-insightface"):
+        parse([str(tmp_path), "backbone=iresnet50", "outt=x.pt"])
+
+
+def test_export_keeps_the_exporter_s_progress_notes_off_the_console(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from frtrain.backbones import IResNet
+    from frtrain.engine import checkpoint as ckpt_io
+
+    model = IResNet(depth=None, layers=[1, 1, 1, 1], width=8, embedding_size=32, input_size=40)
+    meta = {"backbone": {"_target_": "frtrain.backbones.IResNet", "depth": None, "layers": [1, 1, 1, 1], "width": 8,
+                         "embedding_size": 32, "input_size": 40}, "embedding_size": 32, "input_size": [40, 40],
+            "mean": [0.5] * 3, "std": [0.5] * 3}
+    torch.save({"format": ckpt_io.FORMAT, "version": 1, "meta": meta, "model": model.state_dict()}, tmp_path / "m.pt")
+    done = subprocess.run([sys.executable, "-m", "frtrain.export", f"model={tmp_path / 'm.pt'}"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wrote {tmp_path / 'm.onnx'}"), lines  # before: 18 lines more

@@ -11,7 +11,7 @@ from scipy import stats
 
 from frtrain.compare import main, parse
 from frtrain.errors import ConfigError
-from frtrain.evaluation.compare_stats import bootstrap_differences, mean_ci, paired_bootstrap
+from frtrain.evaluation.comparison import bootstrap_differences, mean_ci, paired_bootstrap
 
 
 def test_mean_ci_is_the_student_t_interval():
@@ -231,3 +231,18 @@ def test_an_npz_whose_header_claims_more_than_it_holds_is_refused_before_allocat
             f.write(np.zeros(3).tobytes())
     with pytest.raises(DataError, match=r"array 'score' declares shape \(1000000000000,\) of float64, more than its"):
         read_npz(tmp_path / "bomb.npz")
+
+
+def test_a_tar_interval_over_seeds_stays_within_zero_and_one():
+    """Before: the Student-t interval of TARs near 1 (or 0) ran past the ends of [0, 1]."""
+    from frtrain.evaluation.comparison import proportion_ci
+
+    for values in ([0.999, 1.0, 0.997], [0.0, 0.004, 0.001], [0.5, 0.9, 0.2]):
+        m, lo, hi = proportion_ci(values, 3000)
+        assert 0.0 <= lo <= m <= hi <= 1.0 and m == pytest.approx(np.mean(values))
+        t_lo, t_hi = mean_ci(values)[1:]
+        assert t_lo < 0 or t_hi > 1  # the plain t interval of the same values leaves [0, 1]
+    # near the middle the logit interval is close to the plain one
+    m, lo, hi = proportion_ci([0.50, 0.52, 0.51, 0.49], 100_000)
+    _, t_lo, t_hi = mean_ci([0.50, 0.52, 0.51, 0.49])
+    assert lo == pytest.approx(t_lo, abs=3e-3) and hi == pytest.approx(t_hi, abs=3e-3)

@@ -183,7 +183,7 @@ def test_identities_and_min_images_select_folders_and_relabel(tree, tmp_path):
 
 
 def test_auto_workers_share_the_node_between_the_ranks(monkeypatch):
-    from frtrain.data import loader
+    from frtrain import runtime as loader
 
     monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)

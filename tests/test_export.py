@@ -51,7 +51,7 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path, which):
     path = _checkpoint(tmp_path, which)
     out = export(_compose("export", [f"model={path}"]))
     assert out == path[:-3] + ".onnx"
-    from frtrain.engine.checkpoint import load_backbone
+    from frtrain.engine.model_files import load_backbone
 
     backbone, _ = load_backbone(path)
     onnx_model = OnnxEmbedder(out)
@@ -110,7 +110,7 @@ def _bgr_255_model(path, size=8, dim=4, seed=0):
 
 
 def test_a_third_party_onnx_model_scores_with_the_stated_input_convention(tmp_path):
-    from frtrain.engine.checkpoint import load_model
+    from frtrain.engine.model_files import load_model
     from frtrain.errors import CheckpointError
     from frtrain.evaluation.embed import embed_batches
 

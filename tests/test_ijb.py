@@ -1,28 +1,33 @@
-"""IJB-B/C: a synthetic release in insightface's layout, scored by frtrain and by an independent numpy computation
-written here (template aggregation, ROC, both FAR rules, identification); alignment; the options; bad files."""
+"""IJB-B/C: a synthetic release in insightface's layout, scored by frtrain and by an independent re-implementation of
+insightface's code path written here (eval_ijbc.py's template aggregation, roc_curve, flipud and nearest-FPR pick;
+ijb_1n.py's pooling of 1:N templates by the media ids of face_tid_mid.txt); alignment; the options; bad files."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from frtrain.data.synthetic import draw_image
 from frtrain.errors import DataError
 from frtrain.evaluation.align import ARCFACE_TEMPLATE, align_face, similarity_transform
-from frtrain.evaluation.ijb import (embed_images, embedding_file, identification_rates, ijb_benchmark, pair_scores,
-                                   score_templates, template_features)
+from frtrain.evaluation.embed import Embedder
+from frtrain.evaluation.ijb_release import ijb_benchmark
+from frtrain.evaluation.templates import (embed_images, embedding_file, identification_rates, pair_scores,
+                                          template_features)
+
+from conftest import insightface_tar_table
 
 SUBJECTS, LOOSE = 12, 64
+GALLERIES_OF = {"ijbb": ("S1", "S2"), "ijbc": ("G1", "G2")}
 
 
-def _write_release(root: Path, protocol: str = "ijbc", seed: int = 0) -> dict:
+def _write_release(root: Path, protocol: str = "ijbc", seed: int = 0, sighting: bool = False) -> dict:
     """A small IJB release: 12 subjects, 3 templates each of 1-3 medias of 1-3 images; all template pairs; G1/G2
-    galleries (one template per subject, half the subjects each) and the other templates as probes."""
+    galleries (one template per subject, half the subjects each) and the other templates as probes. The 1:N lists
+    carry a SIGHTING_ID column only with ``sighting`` (without it, insightface pools by face_tid_mid's medias)."""
     rng = np.random.default_rng(seed)
     (root / "meta").mkdir(parents=True)
     (root / "loose_crop").mkdir()
@@ -51,12 +56,17 @@ def _write_release(root: Path, protocol: str = "ijbc", seed: int = 0) -> dict:
     (root / "meta" / f"{protocol}_template_pair_label.txt").write_text("\n".join(f"{a} {b} {y}" for a, b, y in pairs) + "\n")
     galleries = {"G1": set(range(0, SUBJECTS, 2)), "G2": set(range(1, SUBJECTS, 2))}
     first_template = {s: min(t for t in templates if subject_of[t] == s) for s in range(SUBJECTS)}
-    header = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID\n"
-    for g, subjects in galleries.items():
+    header = "TEMPLATE_ID,SUBJECT_ID,FILENAME" + (",SIGHTING_ID" if sighting else "") + "\n"
+
+    def line(t, s, n, m):
+        return f"{t},{s},img/{n}" + (f",{m}" if sighting else "") + "\n"
+
+    names = GALLERIES_OF[protocol]
+    for g, subjects in zip(names, galleries.values()):
         keep = [r for r in rows if r[1] in subjects and r[0] == first_template[r[1]]]
-        (root / "meta" / f"{protocol}_1N_gal_{g}.csv").write_text(header + "".join(f"{t},{s},img/{n},{m}\n" for t, s, n, m in keep))
+        (root / "meta" / f"{protocol}_1N_gal_{g}.csv").write_text(header + "".join(line(*r) for r in keep))
     probes = [r for r in rows if r[0] != first_template[r[1]]]
-    (root / "meta" / f"{protocol}_1N_probe_mixed.csv").write_text(header + "".join(f"{t},{s},img/{n},{m}\n" for t, s, n, m in probes))
+    (root / "meta" / f"{protocol}_1N_probe_mixed.csv").write_text(header + "".join(line(*r) for r in probes))
     return {"subject_of": subject_of, "pairs": pairs}
 
 
@@ -81,82 +91,125 @@ def release(tmp_path_factory):
     return root, truth
 
 
-# -- the independent computation -------------------------------------------------------------------------------------
-def _reference(raw, scores, templates, medias, flip="sum", normalize=False, weight=True):
+# -- the independent computation: insightface's code path, written out ------------------------------------------------
+def _insightface_image_feats(raw, scores, flip="sum", normalize=False, weight=True):
+    """eval_ijbc.py: img_input_feats from (N, 2, d) [plain, flip] embeddings: F2 (add) / concat / plain; optional
+    per-image normalisation (use_norm_score False); times the detector score (use_detector_score)."""
     feats = {"sum": raw[:, 0] + raw[:, 1], "none": raw[:, 0], "concat": raw.reshape(len(raw), -1)}[flip].astype(np.float64)
     if normalize:
-        feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        feats = feats / np.sqrt(np.sum(feats ** 2, -1, keepdims=True))
     if weight:
-        feats = feats * scores[:, None]
-    out = {}
-    for t in np.unique(templates):
-        total = 0
-        for m in np.unique(medias[templates == t]):
-            total = total + feats[(templates == t) & (medias == m)].mean(axis=0)
-        out[int(t)] = total / np.linalg.norm(total)
+        feats = feats * np.tile(scores[:, None], (1, feats.shape[1]))
+    return feats
+
+
+def _insightface_template_feats(img_feats, templates, medias, choose_templates):
+    """image2template_feature of eval_ijbc.py / ijb_1n.py: for each chosen template, its images in the whole
+    face_tid_mid list (np.where(templates == t)), averaged per media, summed, then L2-normalised."""
+    unique_templates = np.unique(choose_templates)
+    template_feats = np.zeros((len(unique_templates), img_feats.shape[1]))
+    for count, uqt in enumerate(unique_templates):
+        (ind_t,) = np.where(templates == uqt)
+        face_feats, face_medias = img_feats[ind_t], medias[ind_t]
+        unique_medias, counts = np.unique(face_medias, return_counts=True)
+        media_feats = []
+        for u, ct in zip(unique_medias, counts):
+            (ind_m,) = np.where(face_medias == u)
+            media_feats += [face_feats[ind_m]] if ct == 1 else [np.mean(face_feats[ind_m], 0, keepdims=True)]
+        template_feats[count] = np.sum(np.array(media_feats), 0)
+    return template_feats / np.sqrt(np.sum(template_feats ** 2, -1, keepdims=True)), unique_templates
+
+
+def _strict_tar(label, score, x_labels):
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(label, score)
+    return {f"{x:g}": float(tpr[fpr <= x].max()) for x in x_labels}
+
+
+def _identification(p_feats, p_sub, g_feats, g_sub):
+    """Top-k of the mated probes and TPIR at FPIR (the threshold from the non-mated probes' best scores)."""
+    sims = p_feats @ g_feats.T
+    order = np.argsort(-sims, axis=1, kind="stable")
+    mated = np.isin(p_sub, g_sub)
+    ranks = np.array([next((r + 1 for r, i in enumerate(o) if g_sub[i] == s), 10**9) for o, s in zip(order, p_sub)])
+    best, best_correct = sims.max(1), g_sub[order[:, 0]] == p_sub
+    out = {f"top{k}": float(np.mean(ranks[mated] <= k)) for k in (1, 5, 10)}
+    non = np.sort(best[~mated])[::-1]
+    for fpir in (0.01, 0.1):
+        k = int(np.floor(fpir * len(non)))
+        threshold = np.nextafter(non[k], np.inf)
+        out[f"tpir@fpir={fpir:g}"] = float(np.mean(best_correct[mated] & (best[mated] >= threshold)))
     return out
 
 
-def _roc(labels, scores):
-    """Every threshold's (FPR, TPR), then sklearn's drop of collinear points (what insightface's curve has)."""
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps, fps = np.cumsum(y)[distinct], np.cumsum(1 - y)[distinct]
-    keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
-    tps, fps = np.r_[0, tps[keep]], np.r_[0, fps[keep]]
-    return fps / fps[-1], tps / tps[-1]
+def _read_1n(path):
+    rows = [line.split(",") for line in Path(path).read_text().splitlines()[1:] if line.strip()]
+    return np.array([int(r[0]) for r in rows]), np.array([int(r[1]) for r in rows])
 
 
-def test_the_protocol_equals_an_independent_numpy_computation(release, tmp_path):
-    root, truth = release
+FARS_ALL = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+
+@pytest.mark.parametrize("sighting", [False, True])
+def test_the_protocol_equals_insightface_s_code_path(tmp_path, sighting):
+    root = tmp_path / "IJBC"
+    truth = _write_release(root, sighting=sighting)
     bench = ijb_benchmark(str(root), "ijbc", cache_dir=str(tmp_path))
     model = _TinyModel().eval()
-    result = score_templates(bench, model, model.input_size, model.mean, model.std, torch.device("cpu"), 7, 0,
-                             model_key="tiny")
+    result = bench.score(Embedder(model, torch.device("cpu"), batch_size=7, model_key="tiny"))
     raw = np.asarray(np.memmap(embedding_file(bench, "tiny", 16), dtype=np.float32, mode="r",
                                shape=(bench.num_images, 2, 16)))
-    ref = _reference(raw, bench.scores, bench.templates, bench.medias)
-    labels = np.array([y for _, _, y in truth["pairs"]])
-    scores = np.array([ref[a] @ ref[b] for a, b, _ in truth["pairs"]])
-    fpr, tpr = _roc(labels, scores)
-    for far in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
-        nearest = tpr[int(np.argmin(np.abs(fpr - far)))]
-        strict = tpr[fpr <= far].max()
-        assert result.tar_at_far[f"{far:g}"] == pytest.approx(nearest, abs=1e-6)
-        assert result.tar_at_far_strict[f"{far:g}"] == pytest.approx(strict, abs=1e-6)
-    auc = np.mean([(g > i) + 0.5 * (g == i) for g in scores[labels == 1] for i in scores[labels == 0]])
+    meta = root / "meta"
+    tid = [line.split() for line in (meta / "ijbc_face_tid_mid.txt").read_text().splitlines()]
+    templates, medias = np.array([int(t[1]) for t in tid]), np.array([int(t[2]) for t in tid])
+    feats = _insightface_image_feats(raw, bench.scores.astype(np.float64))
+    t_feats, t_ids = _insightface_template_feats(feats, templates, medias, templates)
+    where = {int(t): i for i, t in enumerate(t_ids)}
+    label = np.array([y for _, _, y in truth["pairs"]])
+    score = np.array([t_feats[where[a]] @ t_feats[where[b]] for a, b, _ in truth["pairs"]])
+    want, want_strict = insightface_tar_table(label, score, FARS_ALL), _strict_tar(label, score, FARS_ALL)
+    for far in FARS_ALL:  # every FAR, both rules
+        assert result.tar_at_far[f"{far:g}"] == pytest.approx(want[f"{far:g}"], abs=1e-6), far
+        assert result.tar_at_far_strict[f"{far:g}"] == pytest.approx(want_strict[f"{far:g}"], abs=1e-6), far
+    auc = np.mean([(g > i) + 0.5 * (g == i) for g in score[label == 1] for i in score[label == 0]])
     assert result.auc == pytest.approx(auc, abs=1e-6)
     assert result.num_templates == 3 * SUBJECTS and result.num_pairs == len(truth["pairs"])
-    # 1:N, per gallery: rank of the mate among the gallery templates, and the open-set rule
+    # 1:N as ijb_1n.py pools it: the lists' templates, their images and medias from face_tid_mid.txt
+    p_tpl, p_sub = _read_1n(meta / "ijbc_1N_probe_mixed.csv")
+    p_feats, p_ids = _insightface_template_feats(feats, templates, medias, p_tpl)
+    p_subjects = np.array([p_sub[np.flatnonzero(p_tpl == t)[0]] for t in p_ids])
     for g in ("G1", "G2"):
-        gal = bench.identification[g]
-        probe = bench.identification["probe"]
-        g_ref = _reference(raw[gal["images"]], bench.scores[gal["images"]], gal["templates"], gal["medias"])
-        p_ref = _reference(raw[probe["images"]], bench.scores[probe["images"]], probe["templates"], probe["medias"])
-        g_ids = sorted(g_ref)
-        g_sub = {t: truth["subject_of"][t] for t in g_ids}
-        ranks, best_scores, best_correct, mated = [], [], [], []
-        for t, f in sorted(p_ref.items()):
-            sims = np.array([f @ g_ref[u] for u in g_ids])
-            order = np.argsort(-sims, kind="stable")
-            subj = truth["subject_of"][t]
-            is_mated = subj in g_sub.values()
-            mated.append(is_mated)
-            ranks.append(next((r + 1 for r, i in enumerate(order) if g_sub[g_ids[i]] == subj), 10**9))
-            best_scores.append(sims.max())
-            best_correct.append(g_sub[g_ids[order[0]]] == subj)
-        mated, ranks = np.array(mated), np.array(ranks)
-        got = result.identification[g]
-        for k in (1, 5, 10):
-            assert got[f"top{k}"] == pytest.approx(np.mean(ranks[mated] <= k), abs=1e-6)
-        non = sorted((s for s, m in zip(best_scores, mated) if not m), reverse=True)
-        for fpir in (0.01, 0.1):
-            k = int(np.floor(fpir * len(non)))
-            threshold = np.nextafter(non[k], np.inf)
-            want = np.mean([c and s >= threshold for c, s, m in zip(best_correct, best_scores, mated) if m])
-            assert got[f"tpir@fpir={fpir:g}"] == pytest.approx(want, abs=1e-6)
+        g_tpl, g_sub = _read_1n(meta / f"ijbc_1N_gal_{g}.csv")
+        g_feats, g_ids = _insightface_template_feats(feats, templates, medias, g_tpl)
+        g_subjects = np.array([g_sub[np.flatnonzero(g_tpl == t)[0]] for t in g_ids])
+        want_1n = _identification(p_feats, p_subjects, g_feats, g_subjects)
+        for key, value in want_1n.items():
+            assert result.identification[g][key] == pytest.approx(value, abs=1e-6), (g, key)
     assert result.settings["flip"] == "sum" and result.settings["score_weighting"] is True
+    assert "face_tid_mid" in result.settings["1:N pooling"]
+
+
+def test_pooling_by_csv_rows_is_a_recorded_option_that_differs_without_sighting_ids(tmp_path):
+    root = tmp_path / "IJBC"
+    _write_release(root)
+    model = _TinyModel().eval()
+    rates = {}
+    for pooling in ("insightface", "csv_rows"):
+        bench = ijb_benchmark(str(root), "ijbc", cache_dir=str(tmp_path), pooling_1n=pooling)
+        r = bench.score(Embedder(model, torch.device("cpu"), batch_size=7, model_key="tiny"))
+        rates[pooling] = r.identification
+        assert ("face_tid_mid" in r.settings["1:N pooling"]) == (pooling == "insightface")
+    # every CSV row its own media: the medias of more than one image are no longer averaged first
+    assert any(rates["insightface"][g] != rates["csv_rows"][g] for g in ("G1", "G2"))
+
+
+def test_landmarks_are_read_as_float64(tmp_path):
+    root = tmp_path / "IJBC"
+    _write_release(root)
+    bench = ijb_benchmark(str(root), "ijbc")
+    first = (root / "meta" / "ijbc_name_5pts_score.txt").read_text().split()[1:11]
+    assert bench.landmarks.dtype == np.float64 and bench.landmarks[0].ravel().tolist() == [float(v) for v in first]
 
 
 def test_an_interrupted_embedding_resumes_where_it_stopped(release, tmp_path):
@@ -164,7 +217,7 @@ def test_an_interrupted_embedding_resumes_where_it_stopped(release, tmp_path):
     bench = ijb_benchmark(str(root), "ijbc", cache_dir=str(tmp_path))
     model = _TinyModel().eval()
     path = embedding_file(bench, "m", 16)
-    full = np.array(embed_images(bench, model, (32, 32), model.mean, model.std, torch.device("cpu"), 8, 0, path))
+    full = np.array(embed_images(bench, Embedder(model, torch.device("cpu"), batch_size=8), path))
     path.with_suffix(".done").write_text("20")  # as if killed after 20 images
     m = np.memmap(path, dtype=np.float32, mode="r+", shape=full.shape)
     m[20:] = 0
@@ -173,7 +226,7 @@ def test_an_interrupted_embedding_resumes_where_it_stopped(release, tmp_path):
     calls = []
     real = model.forward
     model.forward = lambda x: (calls.append(len(x)), real(x))[1]
-    again = np.array(embed_images(bench, model, (32, 32), model.mean, model.std, torch.device("cpu"), 8, 0, path))
+    again = np.array(embed_images(bench, Embedder(model, torch.device("cpu"), batch_size=8), path))
     assert np.array_equal(again, full) and sum(calls) == 2 * (bench.num_images - 20)  # only the rest, with flips
 
 
@@ -256,8 +309,8 @@ def test_identification_rates_on_a_hand_made_case():
     (lambda m: (m / "ijbc_name_5pts_score.txt").write_text(
         (m / "ijbc_name_5pts_score.txt").read_text().replace(" ", " a", 1)), r"ijbc_name_5pts_score.txt:1: expected 11 numbers"),
     (lambda m: (m.parent / "loose_crop" / "3.jpg").unlink(), r"loose_crop/3.jpg: no such image \(listed in .*ijbc_name_5pts_score.txt\)"),
-    (lambda m: (m / "ijbc_1N_probe_mixed.csv").write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n5,1,img/nope.jpg\n"),
-     r"ijbc_1N_probe_mixed.csv:2: image 'nope.jpg' is not in the landmark list"),
+    (lambda m: (m / "ijbc_1N_probe_mixed.csv").write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n5,1,img/1.jpg\n999,1,x\n"),
+     r"ijbc_1N_probe_mixed.csv:3: template 999 has no image in ijbc_face_tid_mid.txt"),
 ])
 def test_malformed_meta_files_fail_with_file_and_line(tmp_path, edit, match):
     _write_release(tmp_path / "IJBC")
@@ -266,39 +319,8 @@ def test_malformed_meta_files_fail_with_file_and_line(tmp_path, edit, match):
         ijb_benchmark(str(tmp_path / "IJBC"), "ijbc")
 
 
-def _sklearn_rules(labels, scores, fars, roc_points):
-    """The rules on scikit-learn's whole ``roc_curve``, thinned the documented way: the reference."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(labels, scores)
-    nearest = {f"{f:g}": float(tpr[int(np.argmin(np.abs(fpr - f)))]) for f in fars}
-    strict = {f"{f:g}": float(tpr[fpr <= f].max()) for f in fars}
-    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-    if len(fpr) > roc_points:
-        smallest = float(fpr[fpr > 0].min())
-        keep = np.searchsorted(fpr, np.logspace(np.log10(smallest), 0, roc_points))
-        keep = np.unique(np.r_[0, np.clip(keep, 0, len(fpr) - 1), len(fpr) - 1])
-        fpr, tpr = fpr[keep], tpr[keep]
-    return nearest, strict, {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, auc
-
-
-@pytest.mark.parametrize("decimals", [0, 1, 2])  # 0: all distinct; 1, 2: many ties, within and across labels
-@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 20])
-def test_the_chunked_roc_is_scikit_learns_curve(decimals, chunk):
-    from frtrain.evaluation.ijb import FARS, tar_at_far_rules
-
-    rng = np.random.default_rng(decimals * 10 + chunk % 7)
-    for _ in range(20):
-        n = int(rng.integers(3, 1500))
-        labels = (rng.random(n) < rng.uniform(0.05, 0.5)).astype(int)
-        labels[:2] = [0, 1]
-        scores = (rng.normal(size=n) + 1.5 * labels).astype(np.float32)
-        if decimals:
-            scores = np.round(scores, decimals).astype(np.float32)
-        for roc_points in (10, 2000):
-            got = tar_at_far_rules(labels, scores, roc_points=roc_points, chunk=chunk)
-            want = _sklearn_rules(labels, scores, FARS, roc_points)
-            assert got[0] == want[0] and got[1] == want[1] and got[2] == want[2]
-            assert got[3] == pytest.approx(want[3], abs=1e-12)
-    with pytest.raises(DataError, match="0 genuine, 3 impostor"):
-        tar_at_far_rules(np.zeros(3, dtype=int), np.ones(3, dtype=np.float32))
+def test_with_csv_row_pooling_a_listed_image_must_be_in_the_landmark_list(tmp_path):
+    _write_release(tmp_path / "IJBC")
+    (tmp_path / "IJBC" / "meta" / "ijbc_1N_probe_mixed.csv").write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n5,1,img/nope.jpg\n")
+    with pytest.raises(DataError, match=r"ijbc_1N_probe_mixed.csv:2: image 'nope.jpg' is not in the landmark list"):
+        ijb_benchmark(str(tmp_path / "IJBC"), "ijbc", pooling_1n="csv_rows")

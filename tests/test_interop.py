@@ -8,7 +8,7 @@ import torch
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine.build import build
 from frtrain.errors import CheckpointError
-from frtrain.engine.checkpoint import load_model
+from frtrain.engine.model_files import load_model
 from frtrain.engine.insightface import export_insightface, import_training_dir, load_backbone_file
 from frtrain.interop import backbone_config
 from frtrain.interop import main as import_main
@@ -140,7 +140,7 @@ def test_fine_tune_from_an_imported_directory_and_from_a_bare_backbone(tmp_path,
     w = torch.randn(60, model.embedding_size)  # TINY_DATA has 60 identities
     d = _training_dir(tmp_path, model, [w[:31], w[31:]])
     out = str(tmp_path / "frtrain.pt")
-    assert import_main([str(d), "--backbone", "iresnet_tiny", "--out", out, "--num-classes", "60"] + TINY) == 0
+    assert import_main([str(d), "backbone=iresnet_tiny", f"out={out}", "num_classes=60"] + TINY) == 0
     assert "fine-tune with frtrain-train trainer.init_from=" in capsys.readouterr().out
     frozen = ["trainer.max_steps=1", "optim.lr=0", "eval=none", f"trainer.init_from={out}"]
     train(compose_train(TINY_DATA + frozen + [f"output_dir={tmp_path}/run"]))

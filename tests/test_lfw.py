@@ -10,7 +10,8 @@ import pytest
 
 from frtrain.data.synthetic import draw_image
 from frtrain.errors import ConfigError, DataError
-from frtrain.evaluation.lfw import lfw_benchmark, lfw_people, read_lfw_pairs
+from frtrain.data.lfw_pairs import lfw_people, read_lfw_pairs
+from frtrain.evaluation.lfw import lfw_benchmark
 
 PER_KIND = 3
 
@@ -130,7 +131,7 @@ def test_make_bin_writes_a_bin_that_scores_exactly_like_the_lfw_layout(lfw, tmp_
 
     from frtrain.evaluation.benchmarks import bin_benchmark
     from frtrain.evaluation.binfile import read_bin
-    from frtrain.evaluation.verify import Verifier
+    from frtrain.evaluation.embed import Embedder
 
     assert make_bin.main(["--lfw", str(lfw), "--out", str(tmp_path / "lfw.bin"), "--size", "32"]) == 0
     images, issame = read_bin(tmp_path / "lfw.bin")
@@ -142,8 +143,9 @@ def test_make_bin_writes_a_bin_that_scores_exactly_like_the_lfw_layout(lfw, tmp_
     def model(x):  # a fixed 'backbone': 4x4 average pooling
         return torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1) + 0.05 * x.mean()
 
-    verifier = Verifier([raw, binned], (32, 32), (0.5,) * 3, (0.5,) * 3, batch_size=16)
-    a, b = verifier.score(model, raw, torch.device("cpu")), verifier.score(model, binned, torch.device("cpu"))
+    embedder = Embedder(model, torch.device("cpu"), batch_size=16, input_size=(32, 32), mean=(0.5,) * 3,
+                        std=(0.5,) * 3)
+    a, b = raw.score(embedder), binned.score(embedder)
     assert a.accuracy == b.accuracy and a.fold_accuracies == b.fold_accuracies and a.auc == b.auc
 
     # resizing re-encodes losslessly as PNG

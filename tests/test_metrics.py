@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from frtrain.evaluation.metrics import equal_error_rate, kfold_accuracy, kfold_ids, pair_distances, verification_scores
+from frtrain.errors import DataError
+from frtrain.evaluation.benchmarks import verification_scores
+from frtrain.evaluation.metrics import FARS, kfold_accuracy, kfold_ids, pair_distances, roc, tar_at_far
+
+from conftest import insightface_tar_table
 
 
 def insightface_accuracy(embeddings: np.ndarray, issame: np.ndarray, nfolds: int = 10):
@@ -96,14 +100,82 @@ def test_tar_at_far_is_reported_only_with_enough_negatives():
     assert any("1500" in note and "10000" in note for note in r.notes)
 
 
-def test_equal_error_rate_of_a_known_curve():
-    fpr = np.array([0.0, 0.1, 0.2, 0.4, 1.0])
-    tpr = np.array([0.0, 0.6, 0.8, 0.9, 1.0])
-    # fnr = 1, .4, .2, .1, 0 -> crossing between (0.1, 0.4) and (0.2, 0.2): fpr - fnr goes -0.3 -> 0
-    assert equal_error_rate(fpr, tpr) == pytest.approx(0.2)
+def _reference_eer(labels, scores):
+    """EER on scikit-learn's whole curve: where FPR - FNR turns non-negative, linearly interpolated."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    diff = fpr - (1 - tpr)
+    i = int(np.searchsorted(diff, 0.0))
+    if i >= len(diff):
+        return float((fpr[-1] + 1 - tpr[-1]) / 2)
+    w = -diff[i - 1] / (diff[i] - diff[i - 1])
+    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_equal_error_rate_equals_the_interpolated_crossing_of_the_whole_curve(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(500) < 0.4
+    scores = np.round(rng.normal(size=500) + labels * rng.uniform(0.2, 2), seed % 3)
+    assert roc(labels, scores, chunk=int(rng.integers(1, 200))).eer == pytest.approx(_reference_eer(labels, scores),
+                                                                                     abs=1e-12)
 
 
 def test_kfold_ids_match_sklearn_chunks():
     ids = kfold_ids(23, 10)
     assert list(np.bincount(ids)) == [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
     assert np.all(np.diff(ids) >= 0)
+
+
+# -- the ROC walk and the two TAR@FAR rules ------------------------------------------------------------------------
+def _reference_rules(labels, scores, fars, roc_points):
+    """The reference: scikit-learn's whole ``roc_curve``; the insightface rule as eval_ijbc.py writes it (flipud, then
+    min(zip(|fpr - x|, index))); the strict rule; the trapezoid AUC; the curve thinned the documented way."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    nearest = insightface_tar_table(labels, scores, fars)
+    strict = {f"{f:g}": float(tpr[fpr <= f].max()) for f in fars}
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    if len(fpr) > roc_points:
+        smallest = float(fpr[fpr > 0].min())
+        keep = np.searchsorted(fpr, np.logspace(np.log10(smallest), 0, roc_points))
+        keep = np.unique(np.r_[0, np.clip(keep, 0, len(fpr) - 1), len(fpr) - 1])
+        fpr, tpr = fpr[keep], tpr[keep]
+    return nearest, strict, fpr.tolist(), tpr.tolist(), auc
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 2])  # 0: all distinct; 1, 2: many ties, within and across labels
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 20])
+def test_the_chunked_roc_is_scikit_learns_curve_and_its_rules_are_insightface_s(decimals, chunk):
+    rng = np.random.default_rng(decimals * 10 + chunk % 7)
+    for _ in range(20):
+        n = int(rng.integers(3, 1500))
+        labels = (rng.random(n) < rng.uniform(0.05, 0.5)).astype(int)
+        labels[:2] = [0, 1]
+        scores = (rng.normal(size=n) + 1.5 * labels).astype(np.float32)
+        if decimals:
+            scores = np.round(scores, decimals).astype(np.float32)
+        for roc_points in (10, 2000):
+            got = roc(labels, scores, roc_points=roc_points, chunk=chunk)
+            nearest, strict, fpr, tpr, auc = _reference_rules(labels, scores, FARS, roc_points)
+            assert got.tar["insightface"] == nearest and got.tar["strict"] == strict
+            assert got.fpr == fpr and got.tpr == tpr and got.auc == pytest.approx(auc, abs=1e-12)
+    with pytest.raises(DataError, match="0 genuine, 3 impostor"):
+        roc(np.zeros(3, dtype=int), np.ones(3, dtype=np.float32))
+
+
+def test_the_insightface_rule_takes_the_larger_tpr_among_points_at_the_nearest_fpr():
+    """A curve with a vertical run at the target FPR: the old first-point pick gave its bottom, insightface its top."""
+    # 10 impostors; 10 genuine pairs: 4 above every impostor, 3 between the top impostor and the next (the curve
+    # climbs from (0.1, 0.4) to (0.1, 0.7) at FPR 0.1), 3 low
+    impostor = np.r_[0.9, np.linspace(0.1, 0.5, 9)]
+    genuine = np.r_[0.95, 0.96, 0.97, 0.98, 0.8, 0.75, 0.7, 0.2, 0.2, 0.2]
+    labels = np.r_[np.zeros(10, int), np.ones(10, int)]
+    scores = np.r_[impostor, genuine]
+    got = tar_at_far(labels, scores, (0.1,), rule="insightface")["0.1"]
+    nearest, _, _, _, _ = _reference_rules(labels, scores, (0.1,), 2000)
+    assert got == nearest["0.1"] == 0.7  # the top of the run, (0.1, 0.7), not its first point (0.1, 0.4)
+    assert tar_at_far(labels, scores, (1e-3,), rule="strict", measurable_only=True)["0.001"] is None
+    assert tar_at_far(labels, scores, (0.1,), rule="strict")["0.1"] == 0.7

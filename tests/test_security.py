@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from frtrain.backbones import IResNet
 from frtrain.config import compose
 from frtrain.engine import checkpoint as ckpt_io
+from frtrain.engine import model_files
 from frtrain.errors import CheckpointError
 
 from conftest import TINY_DATA, compose_eval, compose_train
@@ -120,7 +121,7 @@ def test_the_command_line_refuses_in_one_line_naming_the_file_and_the_target(tmp
 
 def test_an_honest_record_still_rebuilds_its_backbone_with_the_same_weights(tmp_path):
     ckpt = _write_checkpoint(tmp_path / "honest.pt", TINY_BACKBONE)
-    model, meta = ckpt_io.load_model(ckpt)
+    model, meta = model_files.load_model(ckpt)
     saved = torch.load(ckpt, weights_only=True)["model"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
 

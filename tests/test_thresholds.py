@@ -45,9 +45,16 @@ def test_export_records_the_threshold_frtrain_eval_reported(trained, tmp_path):
     from frtrain.engine.checkpoint import load_checkpoint
     from frtrain.export import export
 
+    from frtrain.errors import ConfigError
+
     run, report = trained
     reported = json.loads((report / "report.json").read_text())["results"]["synthetic"]["far_thresholds"]["0.001"]
-    out = export(compose("export", [f"model={run}", f"out={tmp_path}/m.onnx", f"threshold.report={report}"]))
+    # 600 impostor pairs cannot back a threshold at FAR 1e-3 (10/FAR = 10,000): refused unless allowed, with the count
+    with pytest.raises(ConfigError, match=r"the threshold at FAR 0.001 on synthetic rests on 600 impostor pairs, fewer "
+                                          r"than 10/FAR = 10,000.*threshold.allow_few_impostors=true"):
+        export(compose("export", [f"model={run}", f"out={tmp_path}/m.onnx", f"threshold.report={report}"]))
+    out = export(compose("export", [f"model={run}", f"out={tmp_path}/m.onnx", f"threshold.report={report}",
+                                    "threshold.allow_few_impostors=true"]))
     onnx_meta = OnnxEmbedder(out).meta["threshold"]
     ckpt_meta = load_checkpoint(str(run / "checkpoints" / "best.pt"))["meta"]["threshold"]
     assert onnx_meta["cosine"] == ckpt_meta["cosine"] == reported["cosine"]
@@ -56,8 +63,8 @@ def test_export_records_the_threshold_frtrain_eval_reported(trained, tmp_path):
 
 def test_frtrain_verify_gives_the_evaluator_s_score_and_decides_at_the_threshold(trained, tmp_path):
     from frtrain.evaluation.pairlist import csv_benchmark
-    from frtrain.evaluation.verify import Verifier
-    from frtrain.engine.checkpoint import load_model
+    from frtrain.evaluation.embed import Embedder
+    from frtrain.engine.model_files import load_model
 
     run, report = trained
     images = []
@@ -68,7 +75,7 @@ def test_frtrain_verify_gives_the_evaluator_s_score_and_decides_at_the_threshold
     (tmp_path / "pairs.csv").write_text(f"{images[0]},{images[1]},1,0\n{images[0]},{images[2]},0,1\n")
     model, _ = load_model(str(run / "checkpoints" / "best.pt"))
     bench = csv_benchmark(str(tmp_path / "pairs.csv"), name="two", num_folds=2)
-    expected = Verifier([bench], model.input_size, model.mean, model.std).pair_scores(model, bench, torch.device("cpu"))
+    expected = bench.pair_scores(Embedder(model, torch.device("cpu")))
     threshold = float(np.mean(expected))  # between the two scores: one pair each way
     for pair, (a, b) in enumerate([(images[0], images[1]), (images[0], images[2])]):
         r = subprocess.run([sys.executable, "-m", "frtrain.verify", f"model={run}", a, b, f"threshold={threshold}"],
@@ -114,3 +121,20 @@ def test_align_script_writes_an_aligned_identity_folder(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "align.py"), str(raw), str(tmp_path / "bad.txt"), str(out)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "bad.txt:1: expected '<image> x1 y1 ... x5 y5 [score]'" in bad.stderr
+
+
+def test_verify_refuses_a_recorded_threshold_that_few_impostors_back_unless_allowed(trained, tmp_path):
+    from frtrain.export import export
+
+    run, report = trained
+    out = export(compose("export", [f"model={run}", f"out={tmp_path}/m.onnx", f"threshold.report={report}",
+                                    "threshold.allow_few_impostors=true"]))
+    a = tmp_path / "a.jpg"
+    a.write_bytes(draw_image(5, 2, 3, 0, 40))
+    for model in (out, str(run)):
+        r = subprocess.run([sys.executable, "-m", "frtrain.verify", f"model={model}", str(a), str(a)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "rests on 600 impostor pairs" in r.stderr and "allow_few_impostors=true" in r.stderr
+        r = subprocess.run([sys.executable, "-m", "frtrain.verify", f"model={model}", str(a), str(a),
+                            "allow_few_impostors=true"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "same person" in r.stdout, r.stderr[-2000:]

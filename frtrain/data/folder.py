@@ -143,7 +143,7 @@ def read_identity_list(identities, key: str = "data.identities") -> tuple[list[s
         unknown = set(identities) - {"lfw_pairs", "sets"}
         if unknown or "lfw_pairs" not in identities or not identities.get("sets"):
             raise ConfigError(f"{key}: expected {{lfw_pairs: <pairs.txt>, sets: [1, ...]}}, got {dict(identities)}")
-        from frtrain.evaluation.lfw import lfw_people
+        from frtrain.data.lfw_pairs import lfw_people
 
         path = os.path.abspath(os.path.expanduser(str(identities["lfw_pairs"])))
         sets = [int(s) for s in identities["sets"]]

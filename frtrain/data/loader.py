@@ -1,18 +1,8 @@
-"""The training DataLoader: a seeded, rank-sharded, resumable batch order; workers and CPU threads.
-
-CPU threads: each rank gets its share of the machine's cores (torchrun's ``LOCAL_WORLD_SIZE`` ranks share a
-node) for its PyTorch threads (``trainer.threads``/``eval.threads`` = ``auto``). DataLoader workers run one
-thread each (decoding and augmentation), and OpenMP threads wait passively (``frtrain/__init__.py`` sets
-``OMP_WAIT_POLICY=PASSIVE``), so a worker or another job that needs a core gets it instead of a thread spinning
-on it. Measured on 2 cores (docs/benchmarks.md, scripts/bench_threads.py): PyTorch's defaults (2 spinning threads)
-ran the default training at 366 images/s idle and 120 with one busy process beside it; one thread (the core share
-minus the worker) 223 and 241; the share with passive waiting 316 and 206, which is what ``auto`` does: the best
-balance of the three (scoring: 0.90x idle, 2.07x under load).
-"""
+"""The training DataLoader: a seeded, rank-sharded, resumable batch order and single-threaded, Ctrl-C-deaf
+workers. How many workers and threads each rank gets is :mod:`frtrain.runtime`'s business."""
 
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import torch
@@ -63,36 +53,6 @@ class ResumableBatchSampler(Sampler[list]):
             yield list(zip(order[lo : lo + self.batch_size].tolist(), seeds[lo : lo + self.batch_size].tolist()))
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def cpu_share() -> int:
-    """The CPU cores of this rank: the cores this process may run on, divided among the node's ranks."""
-    return max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
-def default_num_workers() -> int:
-    """Worker processes per rank when the config says ``auto``: this rank's share of the CPU cores minus one
-    for the trainer, between 1 and 8."""
-    return max(1, min(8, cpu_share() - 1))
-
-
-def resolve_workers(num_workers) -> int:
-    workers = default_num_workers() if num_workers in (None, "auto") else int(num_workers)
-    if workers < 0:
-        raise ConfigError(f"data.loader.num_workers={num_workers}: expected 'auto' or a number >= 0")
-    return workers
-
-
-def resolve_threads(threads) -> int:
-    """PyTorch CPU threads of this rank: ``threads``, or for ``auto`` its core share (see the module docstring)."""
-    if threads in (None, "auto"):
-        return cpu_share()
-    return int(threads)
-
-
 def _one_thread_per_worker(_worker_id: int) -> None:
     """A training worker: one thread, and deaf to Ctrl-C (the trainer finishes its step, saves and stops the
     workers; a worker killed by the terminal's SIGINT would leave the step without its batches)."""
@@ -111,6 +71,8 @@ def make_loader(dataset: Dataset, batch_sampler: Sampler, num_workers, pin_memor
     """A DataLoader over ``batch_sampler`` with single-threaded workers, pinned memory, persistent workers and
     :func:`frtrain.data.base.collate` (batches of ``(images, labels, skipped indices)``)."""
     from frtrain.data.base import collate
+
+    from frtrain.runtime import resolve_workers
 
     workers = resolve_workers(num_workers)
     kwargs = dict(num_workers=workers, pin_memory=pin_memory, generator=generator, collate_fn=collate)

@@ -190,3 +190,16 @@ def dry_build(group: str, node, **runtime: Any) -> Any:
             fn(step)
         return fn
     return built
+
+
+def build_benchmarks(nodes: dict) -> list:
+    """The benchmarks of a command (``nodes``: name -> (config key, node), :func:`frtrain.config.benchmark_nodes`),
+    each built by its reader."""
+    return [build(where, node, name=name) for name, (where, node) in nodes.items()]
+
+
+def embed_options(eval_cfg) -> dict:
+    """The :class:`~frtrain.evaluation.embed.Embedder` settings of an ``eval`` node (flip, images per forward pass,
+    decoding workers, the CPU activation budget, the threshold search of pair protocols)."""
+    return {"flip": str(eval_cfg.flip), "batch_size": eval_cfg.batch_size, "num_workers": int(eval_cfg.num_workers),
+            "memory_budget_mb": float(eval_cfg.get("memory_budget_mb", 300)), "thresholds": str(eval_cfg.thresholds)}

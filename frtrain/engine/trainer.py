@@ -35,6 +35,7 @@ from frtrain.engine import checkpoint_fields as fields
 from frtrain.engine import sharded_state
 from frtrain.errors import CheckpointError, ConfigError, FrtrainError, Interrupted, first_line
 from frtrain.log_files import to_log_files
+from frtrain.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger("frtrain")
 
@@ -105,30 +106,6 @@ class TrainState:
     images_per_batch: int = 0  # images of one micro-batch over all ranks (batch_size x world size)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{D.local_rank()}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name}: CUDA is not available on this machine")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None for fp32). ``auto`` is bf16 on CUDA when supported, fp16 otherwise, fp32 on CPU."""
-    if name not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigError(f"trainer.precision={name!r}: expected auto, fp32, bf16 or fp16")
-    if name == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if name == "fp32":
-        return None
-    if device.type != "cuda":
-        raise ConfigError(f"trainer.precision={name}: mixed precision is for CUDA; use fp32 (or auto) on {device.type}")
-    return torch.bfloat16 if name == "bf16" else torch.float16
-
-
 def schedule_length(batches_per_epoch: int, options: TrainerConfig) -> tuple[int, int]:
     """(optimiser steps per epoch, total steps): ``max_steps``, or ``epochs`` x steps per epoch."""
     steps_per_epoch = batches_per_epoch // options.accumulate
@@ -197,7 +174,9 @@ class Trainer:
             and the DataLoader over it.
         optimizer, scheduler: over ``backbone`` and ``head`` parameters; the scheduler steps once per
             optimiser step.
-        verifier: a :class:`~frtrain.evaluation.verify.Verifier` or None.
+        benchmarks: what to score (each a benchmark with ``name`` and ``score(embedder)``), possibly empty.
+        embed_options: keyword arguments of :class:`~frtrain.evaluation.embed.Embedder` (flip, batch_size,
+            num_workers, memory_budget_mb, thresholds).
         options: ``trainer`` options (:class:`frtrain.config.TrainerConfig`).
         out_dir: the run directory (checkpoints/, tb/, results.json).
         meta: the model record saved in checkpoints (:func:`model_meta`).
@@ -207,7 +186,7 @@ class Trainer:
         final_only: names of benchmarks scored only after the last step (not during training).
     """
 
-    def __init__(self, backbone, head, dataset, sampler, loader, optimizer, scheduler, verifier,
+    def __init__(self, backbone, head, dataset, sampler, loader, optimizer, scheduler, benchmarks, embed_options,
                  options: TrainerConfig, out_dir: str, meta: dict, total_steps: int, steps_per_epoch: int,
                  seed: int = 0, eval_every: int = 0, eval_at_start: bool = False, select: str | None = None,
                  final_only: tuple[str, ...] = (),
@@ -218,14 +197,16 @@ class Trainer:
         self.amp_dtype = resolve_precision(options.precision, self.device)
         self.backbone, self.head = backbone.to(self.device), head.to(self.device)
         self.dataset, self.sampler, self.loader = dataset, sampler, loader
-        self.optimizer, self.scheduler, self.verifier = optimizer, scheduler, verifier
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.benchmarks, self.embed_options = list(benchmarks), dict(embed_options)
+        self.image_cache: dict = {}  # decoded benchmark images, kept between evaluations
         self.total_steps, self.steps_per_epoch = int(total_steps), int(steps_per_epoch)
         self.accumulate = int(options.accumulate)
         self.batches_per_epoch = self.steps_per_epoch * self.accumulate  # leftovers that cannot fill a step are skipped
-        self.eval_every = int(eval_every) if verifier else 0
-        self.eval_at_start = bool(eval_at_start) and verifier is not None
+        self.eval_every = int(eval_every) if self.benchmarks else 0
+        self.eval_at_start = bool(eval_at_start) and bool(self.benchmarks)
         self.final_only = tuple(final_only)
-        periodic = [b.name for b in verifier.benchmarks if b.name not in self.final_only] if verifier else []
+        periodic = [b.name for b in self.benchmarks if b.name not in self.final_only]
         # best.pt follows a benchmark scored during training (all final-only: the last step's model)
         self.select = select or (periodic[0] if periodic else None)
         self.is_main = D.is_main()
@@ -564,12 +545,15 @@ class Trainer:
     def evaluate(self, final: bool = False) -> dict:
         """Score the benchmarks on rank 0 (those in ``final_only`` only when ``final``), log them (scalars and
         ROC figures), keep ``best.pt`` for ``select``."""
-        if self.verifier is None:
+        if not self.benchmarks:
             return {}
         results, improved = {}, False
         if self.is_main:
-            results = self.verifier.run(self.backbone, self.device, self.amp_dtype,
-                                        skip=() if final else self.final_only)
+            from frtrain.evaluation.embed import Embedder, score_benchmarks
+
+            embedder = Embedder(self.backbone, self.device, autocast_dtype=self.amp_dtype, image_cache=self.image_cache,
+                                **self.embed_options)
+            results = score_benchmarks(self.benchmarks, embedder, skip=() if final else self.final_only)
             for name, r in results.items():
                 self.log_result(name, r)
             best = results[self.select].accuracy if self.select in results else None
@@ -588,9 +572,7 @@ class Trainer:
                 self.writer.add_scalar(f"val/{name}/{key}", value, step)
         self.writer.add_figure(f"val/{name}/roc", roc_figure(r), step)
         log.info("step %d  %s: %s  auc %.4f", step, name, r.headline(), r.auc)
-        self.history["eval"].append({"step": step, "benchmark": name, "accuracy": r.accuracy,
-                                     "accuracy_std": getattr(r, "accuracy_std", 0.0), "auc": r.auc,
-                                     "eer": getattr(r, "eer", None)})
+        self.history["eval"].append({**r.scalars(), "step": step, "benchmark": name, "accuracy": r.accuracy})
 
     def log_step(self, progress, grad_norm: float | None) -> None:
         loss, speed = self.meter.mean_loss(), self.meter.images_per_second()
@@ -625,7 +607,7 @@ class Trainer:
         corrupt = sorted({p for paths in gathered for p in paths})
         self.write_corrupt_list(corrupt)
         for name, r in results.items():
-            if getattr(r, "per_pair", None):
+            if r.per_pair:
                 os.makedirs(os.path.join(self.out_dir, "pairs"), exist_ok=True)
                 np.savez(os.path.join(self.out_dir, "pairs", f"{name}.npz"), **r.per_pair)
         summary = {

@@ -8,6 +8,8 @@ reach are 0 (black), as there.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from frtrain.errors import DataError
@@ -84,3 +86,26 @@ def read_landmark_file(path: str) -> list[tuple[str, np.ndarray, float | None]]:
                                 f"the name), got {line.strip()!r}")
             out.append((fields[0], np.asarray(values[:10]).reshape(5, 2), values[10] if len(values) == 11 else None))
     return out
+
+
+def landmarks_for(entries: dict[str, np.ndarray], image_path: str, where: str) -> np.ndarray:
+    """The landmarks of ``image_path`` in a landmark file's ``entries`` (name -> (5, 2)): the entry named by the path
+    as given, by its absolute path, or else by the longest path suffix (``loose_crop/1.jpg`` matches
+    ``/data/IJBC/loose_crop/1.jpg``), as scripts/align.py reads them; a suffix two entries share is ambiguous."""
+    for key in (image_path, os.path.abspath(image_path)):
+        if key in entries:
+            return entries[key]
+    parts = os.path.abspath(image_path).split(os.sep)
+    for n in range(1, len(parts)):
+        suffix = os.sep.join(parts[-n:])
+        found = [k for k in entries if os.path.normpath(k).endswith(suffix)
+                 and (os.path.normpath(k) == suffix or os.path.normpath(k).endswith(os.sep + suffix))]
+        exact = [k for k in found if os.path.normpath(k) == suffix or os.path.normpath(k).lstrip(os.sep) == suffix]
+        if len(exact) == 1:
+            return entries[exact[0]]
+        if len(found) == 1 and n > 1:
+            return entries[found[0]]
+        if not found:
+            break
+    raise DataError(f"{image_path}: no landmarks for this image in {where} (looked for its path, its absolute path "
+                    "and its path's endings)")

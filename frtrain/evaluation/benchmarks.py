@@ -1,22 +1,28 @@
-"""Verification benchmarks: image pairs with same/different labels and fold ids.
+"""Pair benchmarks: image pairs with same/different labels and fold ids, scored by insightface's 10-fold protocol.
 
-A benchmark holds a way to load image i (-> (H, W, 3) uint8 RGB), the pairs as indices into those
-images, the labels and the fold of each pair. Scoring is in :mod:`frtrain.evaluation.verify`.
+A :class:`PairBenchmark` holds a way to load image i (-> (H, W, 3) uint8 RGB), the pairs as indices into those
+images, the labels and the fold of each pair; ``score(embedder)`` embeds every image once and returns a
+:class:`PairResult` (10-fold accuracy, ROC, TAR at FAR by the strict rule, AUC, EER, thresholds, each pair's
+outcome). The readers of ``.bin`` files and of pairs of image files (LFW, CFP, CSV lists) are here too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
+from sklearn.preprocessing import normalize
 
 from frtrain.data.images import center_crop, decode_image, read_image
 from frtrain.errors import DataError
+from frtrain.evaluation import metrics
 from frtrain.evaluation.binfile import read_bin
 from frtrain.evaluation.metrics import kfold_ids
+from frtrain.evaluation.results import jsonable, pct
 
 
 @dataclass
@@ -51,6 +57,139 @@ class PairBenchmark:
     @property
     def num_pairs(self) -> int:
         return len(self.issame)
+
+    def embeddings(self, embedder) -> tuple[np.ndarray, float | None]:
+        """(embedding of every image, or of every video for YTF, (n, d'); XNorm) as the protocol scores them."""
+        emb, xnorm = embedder.embed(self.load, self.num_images, self.name)
+        if len(emb) != self.num_images:
+            raise RuntimeError(f"{self.name}: embedded {len(emb)} images, expected {self.num_images}")
+        if self.item_of_image is not None:
+            emb = mean_per_item(emb, self.item_of_image)
+        return emb, xnorm
+
+    def pair_scores(self, embedder) -> np.ndarray:
+        """The cosine similarity (P,) of every pair, as scoring computes it (1 - d/2)."""
+        emb, _ = self.embeddings(embedder)
+        return 1.0 - metrics.pair_distances(emb[self.pairs[:, 0]], emb[self.pairs[:, 1]]) / 2.0
+
+    def score(self, embedder) -> "PairResult":
+        """Embed every image once (``embedder``: :class:`frtrain.evaluation.embed.Embedder`) and score the pairs."""
+        start = time.perf_counter()
+        emb, xnorm = self.embeddings(embedder)
+        result = verification_scores(self.name, emb[self.pairs[:, 0]], emb[self.pairs[:, 1]], self.issame,
+                                     self.folds, embedder.thresholds, xnorm)
+        result.skipped_pairs = self.skipped_pairs
+        result.notes = list(self.notes) + result.notes
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+def mean_per_item(emb: np.ndarray, item_of_image: np.ndarray) -> np.ndarray:
+    """Per-item (video) embedding: the normalised mean of its images' normalised embeddings.
+
+    (N, d) image embeddings and (N,) item ids -> (num_items, d) float64.
+    """
+    e = normalize(np.asarray(emb, dtype=np.float64))
+    out = np.zeros((int(item_of_image.max()) + 1, e.shape[1]))
+    np.add.at(out, item_of_image, e)
+    return normalize(out)
+
+
+#: the TAR@FAR columns of the pair table
+PAIR_TABLE_FARS = ("0.001", "0.0001")
+
+
+@dataclass
+class PairResult:
+    """Scores of a pair benchmark. Accuracies are fractions (0..1); thresholds are distances d = 2 - 2cos; TAR at
+    FAR by the strict rule (None where the impostor pairs cannot measure the rate)."""
+
+    name: str
+    num_pairs: int
+    accuracy: float
+    accuracy_std: float
+    fold_accuracies: list[float]
+    threshold: float
+    tar_at_far: dict[str, float | None]
+    auc: float
+    eer: float
+    xnorm: float | None = None
+    num_impostors: int = 0
+    far_thresholds: dict[str, dict] = field(default_factory=dict)
+    skipped_pairs: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    tar_rule: str = "strict"
+    roc: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    #: per-pair arrays (N,): ``score`` (cosine), ``issame``, ``fold``, ``correct`` (at its fold's threshold)
+    per_pair: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    caption = ("Pair benchmarks: accuracy is insightface's 10-fold protocol (a threshold per fold chosen on the other "
+               "folds); TAR@FAR by the strict rule (the best TPR with FPR at most the target; — with fewer than 1/FAR "
+               "impostor pairs); threshold: the mean chosen distance 2 - 2cos.")
+
+    def to_dict(self, with_roc: bool = False) -> dict:
+        d = asdict(self)
+        d.pop("per_pair")
+        if not with_roc:
+            d.pop("roc")
+        return jsonable(d)
+
+    def scalars(self) -> dict[str, float]:
+        """What TensorBoard gets: the summary numbers by name."""
+        out = {"accuracy": self.accuracy, "accuracy_std": self.accuracy_std, "auc": self.auc, "eer": self.eer,
+               "threshold": self.threshold}
+        if self.xnorm is not None:
+            out["xnorm"] = self.xnorm
+        out.update({f"tar@far={k}": v for k, v in self.tar_at_far.items() if v is not None})
+        return out
+
+    def headline(self) -> str:
+        return f"accuracy {100 * self.accuracy:.2f}% ± {100 * self.accuracy_std:.2f}"
+
+    def table(self) -> dict[str, str]:
+        row = {"benchmark": self.name, "pairs": str(self.num_pairs), "accuracy (%)": f"{100 * self.accuracy:.2f}",
+               "± std": f"{100 * self.accuracy_std:.2f}"}
+        row.update({f"TAR@FAR={float(f):g} (strict)": pct(self.tar_at_far.get(f)) for f in PAIR_TABLE_FARS})
+        row.update({"AUC": f"{self.auc:.4f}", "EER (%)": f"{100 * self.eer:.2f}", "threshold": f"{self.threshold:.3f}",
+                    "XNorm": "—" if self.xnorm is None else f"{self.xnorm:.2f}", "skipped": str(self.skipped_pairs),
+                    "time (s)": f"{self.seconds:.1f}"})
+        return row
+
+    def details(self) -> list[str]:
+        return []
+
+
+def verification_scores(name: str, emb1: np.ndarray, emb2: np.ndarray, issame, folds: np.ndarray,
+                        thresholds: str = "grid", xnorm: float | None = None) -> PairResult:
+    """All metrics of one benchmark from the two embeddings of each pair (any scale; normalised here)."""
+    issame = np.asarray(issame, dtype=bool)
+    if issame.all() or not issame.any():
+        raise DataError(f"{name}: needs both matched and mismatched pairs to score")
+    dist = metrics.pair_distances(emb1, emb2)
+    accs, chosen = metrics.kfold_accuracy(dist, issame, np.asarray(folds), thresholds)
+    score = 1.0 - dist / 2.0  # cosine similarity
+    num_neg = int(np.sum(~issame))
+    curve = metrics.roc(issame, score, roc_points=1 << 30)
+    tars = {f: (t if metrics.enough_impostors(num_neg, float(f)) else None) for f, t in curve.tar["strict"].items()}
+    tars = {f: t for f, t in tars.items() if t is not None or f in PAIR_TABLE_FARS}
+    notes = [f"TAR@FAR={f} needs at least {int(round(1 / float(f)))} negative pairs, there are {num_neg}"
+             for f in PAIR_TABLE_FARS if tars.get(f) is None]
+    return PairResult(
+        name=name, num_pairs=int(issame.size), accuracy=float(np.mean(accs)), accuracy_std=float(np.std(accs)),
+        fold_accuracies=[float(a) for a in accs], threshold=float(np.mean(chosen)), tar_at_far=tars,
+        auc=curve.auc, eer=curve.eer, xnorm=xnorm, notes=notes, num_impostors=num_neg,
+        far_thresholds={f"{far:g}": metrics.threshold_at_far(score[~issame], far) for far in metrics.THRESHOLD_FARS},
+        roc={"fpr": curve.fpr, "tpr": curve.tpr}, per_pair=per_pair_outcomes(dist, issame, np.asarray(folds), chosen))
+
+
+def per_pair_outcomes(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray, chosen: np.ndarray) -> dict:
+    """Each pair's cosine, label, fold and whether its fold's threshold (``chosen``, one per sorted fold value)
+    classifies it correctly: what paired comparisons of two models need (frtrain-compare)."""
+    fold_values = np.unique(folds)
+    threshold = np.asarray(chosen)[np.searchsorted(fold_values, folds)]
+    return {"score": (1.0 - dist / 2.0).astype(np.float32), "issame": issame.astype(bool),
+            "fold": folds.astype(np.int16), "correct": (dist < threshold) == issame}
 
 
 class _BinImages:

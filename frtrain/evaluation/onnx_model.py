@@ -1,7 +1,9 @@
 """Running an ONNX face model with onnxruntime, as an embedding function for the evaluator.
 
 A model exported by frtrain carries its input convention (size, mean, std) in the metadata entry
-``frtrain_meta``. A model made elsewhere is scored once the user states the convention (``input=insightface``,
+``frtrain_meta`` (every field checked). A graph with a fixed batch size (OpenCV's SFace is exported with 1) is run that
+many images at a time; a graph that takes more than the image (weights wired as extra graph inputs, as in SFace's
+int8 block-quantised release) is refused at load, naming the inputs. A model made elsewhere is scored once the user states the convention (``input=insightface``,
 ``input=sface``, or ``input.size``, ``input.mean``, ``input.std``, ``input.channels``, ``input.layout``): the
 evaluator normalises RGB images as ``(x/255 - mean)/std`` with the convention's mean and std turned to the
 0..1 scale and reordered to RGB, and this wrapper reorders channels (BGR) and axes (NHWC) as the model wants.
@@ -81,7 +83,16 @@ class OnnxEmbedder:
         except Exception as e:
             raise CheckpointError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
         self.path = path
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            others = ", ".join(repr(i.name) for i in inputs[1:])
+            raise CheckpointError(f"{path}: the graph takes {len(inputs)} inputs ({', '.join(repr(i.name) for i in inputs)})"
+                                  f"; frtrain feeds one image tensor, and {others} would need values it does not have "
+                                  "(weights wired as graph inputs: export the model with them as initializers)")
+        self.input_name = inputs[0].name
+        batch = inputs[0].shape[0] if inputs[0].shape else None
+        #: a batch size fixed in the graph (1 in OpenCV's SFace export): images are run that many at a time
+        self.fixed_batch = int(batch) if isinstance(batch, int) and batch > 0 else None
         given = {k: v for k, v in dict(convention or {}).items() if v is not None}
         meta = self.session.get_modelmeta().custom_metadata_map
         self.channels, self.layout = given.get("channels", "rgb"), given.get("layout", "nchw")
@@ -126,6 +137,17 @@ class OnnxEmbedder:
             x = x.flip(1)
         if self.layout == "nhwc":
             x = x.permute(0, 2, 3, 1)
+        if self.fixed_batch is None:
+            return self._run(x)
+        n, b, parts = x.shape[0], self.fixed_batch, []
+        for lo in range(0, n, b):  # the graph's fixed batch at a time; the last chunk padded with zeros
+            chunk = x[lo:lo + b]
+            if chunk.shape[0] < b:
+                chunk = torch.cat([chunk, chunk.new_zeros((b - chunk.shape[0],) + tuple(chunk.shape[1:]))])
+            parts.append(self._run(chunk)[:min(b, n - lo)])
+        return torch.cat(parts) if parts else torch.zeros(0, max(self.embedding_size, 0))
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy())})[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32).reshape(out.shape[0], -1))
 

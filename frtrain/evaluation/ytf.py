@@ -6,7 +6,7 @@
 
 "first name" / "second name" are ``<Name>/<video>``. Folds are the split numbers. A video's embedding is
 the mean of the flip-summed, normalised embeddings of up to ``frames_per_video`` evenly spaced frames,
-normalised again (:class:`frtrain.evaluation.verify.Verifier` does the averaging).
+normalised again (:meth:`frtrain.evaluation.benchmarks.PairBenchmark.embeddings` does the averaging).
 """
 
 from __future__ import annotations

@@ -1,0 +1,74 @@
+"""Opening a model file for scoring, exporting or verifying: a frtrain checkpoint, a run directory, an ONNX file or
+a plain backbone state dict (insightface's ``backbone.pth``) -> an embedding model and its record.
+
+Checkpoints are read through :mod:`frtrain.engine.checkpoint` (allow-listed record, checked fields); plain state
+dicts through :mod:`frtrain.engine.insightface`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from frtrain.engine.checkpoint import (FORMAT, checked_checkpoint, latest_checkpoint, load_checkpoint, load_file,
+                                       load_state_checked, rebuild_backbone)
+from frtrain.errors import CheckpointError
+
+log = logging.getLogger("frtrain")
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file, or a run directory's ``checkpoints/best.pt`` (else its newest step-N.pt, said in the log)."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.isdir(path):
+        for candidate in (os.path.join(path, "checkpoints", "best.pt"), os.path.join(path, "best.pt")):
+            if os.path.isfile(candidate):
+                return candidate
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"{path}: a directory with no checkpoints/best.pt and no step-N.pt checkpoint")
+        log.warning("%s has no best.pt (no evaluation selected one): using its newest checkpoint %s", path, latest)
+        return latest
+    return path
+
+
+def load_backbone(path: str, ckpt: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """(backbone in eval mode, checkpoint meta) from a frtrain checkpoint."""
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
+    meta = ckpt.get("meta") or {}
+    if "backbone" not in meta:
+        raise CheckpointError(f"{path}: has no record of its backbone (meta.backbone); was it written by frtrain?")
+    backbone = rebuild_backbone(meta["backbone"], path, ckpt["model"])
+    load_state_checked(backbone, ckpt["model"], path, "backbone")
+    return backbone.eval(), meta
+
+
+def load_model(path: str, backbone_cfg=None, onnx_input=None):
+    """(embedding model, meta) from a frtrain checkpoint, an ``.onnx`` file, or a plain backbone state
+    dict (insightface's ``backbone.pth``), which needs ``backbone_cfg`` to say what network it is.
+
+    ``onnx_input``: the input convention of an ONNX model without frtrain's metadata (see
+    :class:`frtrain.evaluation.onnx_model.OnnxEmbedder`).
+    """
+    if str(path).endswith(".onnx"):
+        from omegaconf import OmegaConf
+
+        from frtrain.evaluation.onnx_model import OnnxEmbedder
+
+        convention = OmegaConf.to_container(onnx_input, resolve=True) if OmegaConf.is_config(onnx_input) else onnx_input
+        model = OnnxEmbedder(path, convention)
+        return model, {"backbone": model.meta.get("backbone") or {}, "format": "onnx"}
+    obj = load_file(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return load_backbone(path, checked_checkpoint(obj, path))
+    if backbone_cfg is None:
+        kind = ("a plain state dict (insightface's backbone.pth layout)"
+                if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values())
+                else "not a frtrain checkpoint")
+        raise CheckpointError(f"{path}: {kind}; say which network it is with backbone=<name> "
+                              "(e.g. backbone=iresnet50; the names are the files of configs/backbone)")
+    from frtrain.engine.insightface import load_backbone_file
+
+    return load_backbone_file(path, backbone_cfg)

@@ -1,0 +1,107 @@
+"""The comparison report: ``comparison.md``, ``comparison.json``, ``accuracy_vs_step.png`` and ``roc.png`` (and a
+published copy that keeps the user's notes), from :func:`frtrain.evaluation.comparison.build_report`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from frtrain.evaluation.comparison import Run, build_report
+
+#: in a published file, what follows this line is the user's and survives a rewrite of the report
+NOTES_MARKER = "<!-- notes: kept when frtrain-compare rewrites this file -->"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def markdown(report: dict, command: str, plots: dict[str, str]) -> str:
+    lines = ["# Head comparison", "",
+             f"Command: `{command}`", "",
+             f"{report['runs']} runs: heads {', '.join(report['heads'])}; splits {', '.join(report['splits'])}. "
+             "Accuracy: the fraction of pairs classified correctly at their fold's threshold, the splits' pairs "
+             "pooled, as mean and 95% confidence interval (Student t) over seeds. Differences: paired bootstrap "
+             f"over pairs and seeds ({report['resamples']:,} resamples), 95% interval and two-sided p-value.", ""]
+    for bench, b in report["benchmarks"].items():
+        fars = sorted({f for e in b["heads"].values() for f in e["tar_at_far"]}, key=float, reverse=True)
+        lines += [f"## {bench}", "",
+                  f"Seeds {', '.join(map(str, b['seeds']))}; {next(iter(b['heads'].values()))['pairs']:,} pairs per seed.",
+                  "", "| head | accuracy (%) | 95% CI | per seed |" + "".join(f" TAR@FAR={f} (%) |" for f in fars),
+                  "|---|---:|---|---|" + "---:|" * len(fars)]
+        ranked = sorted(b["heads"].items(), key=lambda kv: -kv[1]["accuracy"])
+        for h, e in ranked:
+            seeds = ", ".join(_pct(v) for v in e["per_seed"].values())
+            tars = "".join(f" {_pct(e['tar_at_far'][f]['mean'])} [{_pct(e['tar_at_far'][f]['low'])}, "
+                           f"{_pct(e['tar_at_far'][f]['high'])}] |" if f in e["tar_at_far"] else " - |" for f in fars)
+            lines.append(f"| {h} | {_pct(e['accuracy'])} | [{_pct(e['low'])}, {_pct(e['high'])}] | {seeds} |{tars}")
+        lines += ["", "| A | B | A - B (points) | 95% CI | p | verdict |", "|---|---|---:|---|---:|---|"]
+        for d in sorted(b["differences"], key=lambda d: -abs(d["difference"])):
+            verdict = {"A better": f"{d['a']} better", "B better": f"{d['b']} better"}.get(d["verdict"], d["verdict"])
+            lines.append(f"| {d['a']} | {d['b']} | {100 * d['difference']:+.2f} | [{100 * d['low']:+.2f}, "
+                         f"{100 * d['high']:+.2f}] | {d['p_value']:.3g} | {verdict} |")
+        lines.append("")
+    for title, name in plots.items():
+        lines += [f"![{title}]({name})", ""]
+    lines += ["## Recipe", ""]
+    if report["recipe_differences"]:
+        lines += ["**The runs differ in more than the head and the seed:**", ""]
+        lines += [f"- {n}" for n in report["recipe_differences"]] + [""]
+    else:
+        lines += ["Within each split, the runs' composed configs (config.yaml) differ only in the head and the seed.", ""]
+    lines += ["Training time (minutes, all seeds and splits): "
+              + ", ".join(f"{h} {m:.1f}" for h, m in report["train_minutes"].items()), ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, directory: Path, stem: str = "") -> dict[str, str]:
+    """accuracy_vs_step.png and roc.png (one panel per benchmark); returns {title: file name}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    benches = list(report["benchmarks"])
+    if not benches:
+        return {}
+    files = {}
+    for kind, title in (("history", "accuracy against training step"), ("roc", "ROC (mean of the runs)")):
+        fig, axes = plt.subplots(1, len(benches), figsize=(6.5 * len(benches), 4.5), squeeze=False)
+        for ax, bench in zip(axes[0], benches):
+            for head, points in report["benchmarks"][bench][kind].items():
+                if points:
+                    x, y = zip(*points)
+                    ax.plot(x, [100 * v for v in y], marker="." if kind == "history" else None, label=head)
+            if kind == "roc":
+                ax.set_xscale("log")
+                ax.set_xlabel("false accept rate")
+                ax.set_ylabel("true accept rate (%)")
+            else:
+                ax.set_xlabel("training step")
+                ax.set_ylabel("accuracy (%), mean of runs")
+            ax.set_title(bench)
+            ax.grid(alpha=0.3)
+            ax.legend(ncol=2, fontsize=7)
+        fig.tight_layout()
+        name = f"{stem}{'accuracy_vs_step' if kind == 'history' else 'roc'}.png"
+        fig.savefig(directory / name, dpi=100)
+        plt.close(fig)
+        files[title] = name
+    return files
+
+
+def write_report(runs: list[Run], out: Path, command: str, baseline: str | None, resamples: int,
+                 publish: str | None = None) -> dict:
+    report = build_report(runs, baseline, resamples)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = plot(report, out)
+    (out / "comparison.md").write_text(markdown(report, command, plots))
+    (out / "comparison.json").write_text(json.dumps({"command": command, **report}, indent=1) + "\n")
+    if publish:
+        target = Path(publish)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        published = plot(report, target.parent, f"{target.stem}_")
+        old = target.read_text() if target.is_file() else ""
+        notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else NOTES_MARKER + "\n"
+        target.write_text(markdown(report, command, published).rstrip("\n") + "\n\n" + notes)
+    return report

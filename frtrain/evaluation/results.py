@@ -1,0 +1,58 @@
+"""What every benchmark's score is: the :class:`BenchmarkResult` contract the trainer, the report writer and
+frtrain-compare use, whatever the protocol (pairs, templates, and the ones to come).
+
+A result says its headline number (``accuracy``: what ``best.pt`` is selected by, and what a comparison ranks),
+its TensorBoard scalars, one row of the report's table (``table``: column -> text; results with the same columns
+share a table, under the ``caption`` of the first), any further report lines (``details``), its ROC for the plots,
+the cosine thresholds to deploy, each pair's outcome where the protocol has pairs (``per_pair``: what
+frtrain-compare pairs up), its notes, and ``to_dict`` for ``report.json`` / ``results.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class BenchmarkResult(Protocol):
+    name: str
+    caption: str  # what the numbers of its table are, with the rules behind them
+    notes: list[str]
+    roc: dict  # {"fpr": [...], "tpr": [...]}: the curve kept for plots
+    far_thresholds: dict  # far -> {cosine, far, impostors, reliable}
+    num_impostors: int
+    auc: float
+    per_pair: dict | None  # each pair's "score", "issame", "fold", "correct" (N,), or None
+
+    @property
+    def accuracy(self) -> float: ...
+
+    def headline(self) -> str: ...
+
+    def scalars(self) -> dict[str, float]: ...
+
+    def table(self) -> dict[str, str]: ...
+
+    def details(self) -> list[str]: ...
+
+    def to_dict(self, with_roc: bool = False) -> dict: ...
+
+
+def pct(value) -> str:
+    """A fraction as a percentage with two decimals; an em dash for None."""
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def jsonable(value):
+    """``value`` with numpy scalars and arrays turned into plain Python (for JSON)."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
