@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup train test test-slow bench clean
+.PHONY: setup train test test-slow test-all bench clean
 
 $(BIN)/frtrain-train: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,14 @@ setup: $(BIN)/frtrain-train  ## create .venv and install frtrain with its test t
 train: setup  ## train the default model (CPU-sized, synthetic faces); pass overrides with ARGS="head=cosface ..."
 	$(BIN)/frtrain-train $(ARGS)
 
-test: setup  ## the test suite (fast; what CI runs)
-	$(BIN)/python -m pytest -q
+test: setup  ## the fast tier: every test not marked slow (the inner loop, a few minutes)
+	$(BIN)/python -m pytest -q -m "not slow"
 
-test-slow: setup  ## also the minutes-long training tests
-	FRTRAIN_SLOW=1 $(BIN)/python -m pytest -q
+test-slow: setup  ## the slow tier: multi-process, training-grid and packaging tests
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: setup  ## both tiers (what CI runs, in two steps)
+	$(BIN)/python -m pytest -q
 
 bench: setup  ## speed and memory benchmarks -> docs/benchmarks.md
 	$(BIN)/python scripts/bench_heads.py

@@ -41,53 +41,103 @@ class PathsConfig:
 
 @dataclass
 class LoaderConfig:
-    """The training DataLoader, per rank (``data.loader``)."""
+    """The training DataLoader, per rank (``data.loader``); checked in ``__post_init__``."""
 
     batch_size: int = 128  # images per rank and micro-batch
     num_workers: Union[int, str] = "auto"  # auto: this rank's share of the cores minus one
     pin_memory: Union[bool, str] = "auto"  # auto: on CUDA
     prefetch_factor: int = 4
 
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "data.self.batch_size", self.batch_size, "a positive integer")
+        _require(self.num_workers == "auto" or (isinstance(self.num_workers, int) and self.num_workers >= 0),
+                 "data.self.num_workers", self.num_workers, "auto or 0 or more")
+        _require(self.pin_memory in ("auto", True, False), "data.self.pin_memory", self.pin_memory,
+                 "auto, true or false")
+        _require(self.prefetch_factor >= 1, "data.self.prefetch_factor", self.prefetch_factor, "a positive integer")
+
 
 @dataclass
 class TrainerConfig:
-    """The training loop (``configs/trainer/default.yaml`` documents each key)."""
+    """The training loop (``configs/trainer/default.yaml``); every field checked in ``__post_init__``."""
 
-    device: str = "auto"
-    precision: str = "auto"
-    epochs: float = 6.0
+    device: str = "auto"  # auto: cuda:LOCAL_RANK when available, else cpu
+    precision: str = "auto"  # auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU | fp32 | bf16 | fp16
+    epochs: float = 6.0  # ignored when max_steps is set
     max_steps: Optional[int] = None
-    accumulate: int = 1
-    clip_grad_norm: Optional[float] = None
-    channels_last: bool = False
-    compile: Union[bool, str] = False
-    log_every: int = 10
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 10.0
-    keep_last: int = 3
-    init_from: Optional[str] = None
-    init_head: bool = True
-    resume: Optional[str] = None
-    threads: Union[int, str] = "auto"
-    progress: bool = True
-    dist_timeout: float = 60.0
+    accumulate: int = 1  # micro-batches per optimiser step
+    clip_grad_norm: Optional[float] = None  # e.g. 5.0
+    channels_last: bool = False  # NHWC backbone and inputs: faster convolutions on CUDA with AMP
+    compile: Union[bool, str] = False  # torch.compile the training forward: true, or a mode
+    log_every: int = 10  # steps between TensorBoard/progress updates and the loss lines of train.log
+    checkpoint_every: int = 0  # steps between step-N.pt checkpoints (0: none by step count)
+    checkpoint_minutes: float = 10.0  # also save when this long has passed since the last checkpoint (0: never)
+    keep_last: int = 3  # newest step-N.pt files kept (0: all; best.pt is always kept)
+    init_from: Optional[str] = None  # fine-tune: a frtrain checkpoint or an insightface backbone.pth (weights only)
+    init_head: bool = True  # with init_from: also take its class vectors when their shape fits this head
+    resume: Optional[str] = None  # null | auto (latest in this run's directory) | PATH (file or run directory)
+    threads: Union[int, str] = "auto"  # torch CPU threads of each rank; auto: its share of the cores
+    progress: bool = True  # tqdm bar
+    dist_timeout: float = 60.0  # seconds the ranks of a torchrun job wait for each other to join
+
+    def __post_init__(self) -> None:
+        _require(self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)) is not None,
+                 "trainer.device", self.device, "auto, cpu, cuda or cuda:N")
+        _require(self.precision in ("auto", "fp32", "bf16", "fp16"), "trainer.precision", self.precision,
+                 "auto, fp32, bf16 or fp16")
+        if self.max_steps is None:
+            _require(self.epochs > 0, "trainer.epochs", self.epochs,
+                     "a positive number of epochs (or set trainer.max_steps)")
+        else:
+            _require(self.max_steps >= 1, "trainer.max_steps", self.max_steps, "a positive number of steps (or null)")
+        _require(self.accumulate >= 1, "trainer.accumulate", self.accumulate, "a positive integer")
+        _require(self.clip_grad_norm is None or self.clip_grad_norm > 0, "trainer.clip_grad_norm", self.clip_grad_norm,
+                 "a positive norm or null")
+        _require(self.compile in (True, False, "default", "reduce-overhead", "max-autotune",
+                                  "max-autotune-no-cudagraphs"), "trainer.compile", self.compile,
+                 "true, false or a torch.compile mode (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs)")
+        _require(self.log_every >= 1, "trainer.log_every", self.log_every, "a positive number of steps")
+        _require(self.checkpoint_every >= 0, "trainer.checkpoint_every", self.checkpoint_every,
+                 "0 (none by step count) or more")
+        _require(self.checkpoint_minutes >= 0, "trainer.checkpoint_minutes", self.checkpoint_minutes,
+                 "0 (no wall-clock checkpoints) or a positive number of minutes")
+        _require(self.keep_last >= 0, "trainer.keep_last", self.keep_last, "0 (keep all) or more")
+        _require(self.threads == "auto" or (isinstance(self.threads, int) and self.threads >= 1), "trainer.threads",
+                 self.threads, "auto or a positive integer")
+        _require(self.dist_timeout > 0, "trainer.dist_timeout", self.dist_timeout, "a positive number of seconds")
+        for key in ("resume", "init_from"):  # a path that is not there is a config mistake: say it before any work
+            value = getattr(self, key)
+            if value not in (None, "", "auto", "latest", "null", "none", "true", "false") and \
+                    not os.path.exists(os.path.expanduser(str(value))):
+                raise ConfigError(f"trainer.{key}={value}: no such file or directory")
 
 
 @dataclass
 class EvalConfig:
-    """Verification scoring, during training and in ``frtrain-eval`` (``configs/eval``)."""
+    """Verification scoring, during training and in ``frtrain-eval`` (``configs/eval``); checked in ``__post_init__``."""
 
-    every_steps: int = 0
-    at_start: bool = False
-    select: Optional[str] = None
-    batch_size: Union[int, str] = "auto"
-    num_workers: int = 0
-    flip: str = "sum"
-    thresholds: str = "grid"
+    every_steps: int = 0  # steps between evaluations during training (0: only at the end)
+    at_start: bool = False  # also score the untrained model
+    select: Optional[str] = None  # the benchmark best.pt follows (default: the first scored during training)
+    batch_size: Union[int, str] = "auto"  # images per forward pass; auto: 256 on CUDA, the memory budget on CPU
+    num_workers: int = 0  # image decoding processes
+    flip: str = "sum"  # sum (insightface) | concat | none: the image's and its flip's embeddings
+    thresholds: str = "grid"  # grid (insightface: 0..4 step 0.01) | exact (every cut)
     threads: Union[int, str] = "auto"
-    memory_budget_mb: int = 300
+    memory_budget_mb: int = 300  # activation memory of one CPU forward pass (batch_size=auto)
     final_only: List[str] = field(default_factory=list)  # benchmark names scored only after the last step
     benchmarks: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(self.every_steps >= 0, "eval.every_steps", self.every_steps, "0 (only at the end) or more")
+        _require(self.flip in ("sum", "concat", "none"), "eval.flip", self.flip, "sum, concat or none")
+        _require(self.thresholds in ("grid", "exact"), "eval.thresholds", self.thresholds, "grid or exact")
+        _require(self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1), "eval.batch_size",
+                 self.batch_size, "auto or a positive integer")
+        _require(self.num_workers >= 0, "eval.num_workers", self.num_workers, "0 or more")
+        _require(self.threads == "auto" or (isinstance(self.threads, int) and self.threads >= 1), "eval.threads", self.threads,
+                 "auto or a positive integer")
+        _require(self.memory_budget_mb >= 16, "eval.memory_budget_mb", self.memory_budget_mb, "at least 16 (MiB)")
 
 
 @dataclass
@@ -343,57 +393,6 @@ def check_device_and_precision(device: str, precision: str, where: str = "traine
         raise ConfigError(f"{where}.precision={precision}: mixed precision is for CUDA; use fp32 (or auto) on the CPU")
 
 
-def validate_trainer(t: DictConfig) -> None:
-    _require(t.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", str(t.device)) is not None, "trainer.device",
-             t.device, "auto, cpu, cuda or cuda:N")
-    _require(t.precision in ("auto", "fp32", "bf16", "fp16"), "trainer.precision", t.precision,
-             "auto, fp32, bf16 or fp16")
-    if t.max_steps is None:
-        _require(t.epochs > 0, "trainer.epochs", t.epochs, "a positive number of epochs (or set trainer.max_steps)")
-    else:
-        _require(t.max_steps >= 1, "trainer.max_steps", t.max_steps, "a positive number of steps (or null)")
-    _require(t.accumulate >= 1, "trainer.accumulate", t.accumulate, "a positive integer")
-    _require(t.clip_grad_norm is None or t.clip_grad_norm > 0, "trainer.clip_grad_norm", t.clip_grad_norm,
-             "a positive norm or null")
-    _require(t.compile in (True, False, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-             "trainer.compile", t.compile,
-             "true, false or a torch.compile mode (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs)")
-    _require(t.log_every >= 1, "trainer.log_every", t.log_every, "a positive number of steps")
-    _require(t.checkpoint_every >= 0, "trainer.checkpoint_every", t.checkpoint_every, "0 (only at the end) or more")
-    _require(t.checkpoint_minutes >= 0, "trainer.checkpoint_minutes", t.checkpoint_minutes,
-             "0 (no wall-clock checkpoints) or a positive number of minutes")
-    _require(t.keep_last >= 0, "trainer.keep_last", t.keep_last, "0 (keep all) or more")
-    _require(t.threads == "auto" or (isinstance(t.threads, int) and t.threads >= 1), "trainer.threads", t.threads,
-             "auto or a positive integer")
-    _require(t.dist_timeout > 0, "trainer.dist_timeout", t.dist_timeout, "a positive number of seconds")
-    for key in ("resume", "init_from"):  # a path that is not there is a config mistake: say it before any work
-        value = t.get(key)
-        if value not in (None, "", "auto", "latest", "null", "none", "true", "false") and \
-                not os.path.exists(os.path.expanduser(str(value))):
-            raise ConfigError(f"trainer.{key}={value}: no such file or directory")
-
-
-def validate_eval(e: DictConfig, where: str = "eval") -> None:
-    _require(e.every_steps >= 0, f"{where}.every_steps", e.every_steps, "0 (only at the end) or more")
-    _require(e.flip in ("sum", "concat", "none"), f"{where}.flip", e.flip, "sum, concat or none")
-    _require(e.thresholds in ("grid", "exact"), f"{where}.thresholds", e.thresholds, "grid or exact")
-    _require(e.batch_size == "auto" or (isinstance(e.batch_size, int) and e.batch_size >= 1), f"{where}.batch_size",
-             e.batch_size, "auto or a positive integer")
-    _require(e.num_workers >= 0, f"{where}.num_workers", e.num_workers, "0 or more")
-    _require(e.threads == "auto" or (isinstance(e.threads, int) and e.threads >= 1), f"{where}.threads", e.threads,
-             "auto or a positive integer")
-    _require(e.memory_budget_mb >= 16, f"{where}.memory_budget_mb", e.memory_budget_mb, "at least 16 (MiB)")
-
-
-def validate_loader(loader: DictConfig) -> None:
-    _require(loader.batch_size >= 1, "data.loader.batch_size", loader.batch_size, "a positive integer")
-    _require(loader.num_workers == "auto" or (isinstance(loader.num_workers, int) and loader.num_workers >= 0),
-             "data.loader.num_workers", loader.num_workers, "auto or 0 or more")
-    _require(loader.pin_memory in ("auto", True, False), "data.loader.pin_memory", loader.pin_memory,
-             "auto, true or false")
-    _require(loader.prefetch_factor >= 1, "data.loader.prefetch_factor", loader.prefetch_factor, "a positive integer")
-
-
 def benchmark_nodes(cfg: DictConfig) -> dict[str, tuple[str, Any]]:
     """name -> (config key, node) of every benchmark: ``eval.benchmarks`` and ``benchmarks=[...]``."""
     nodes = {name: (f"eval.benchmarks.{name}", node) for name, node in (cfg.eval.get("benchmarks") or {}).items()}
@@ -416,14 +415,14 @@ def validate_train(cfg: DictConfig) -> None:
 
     _require(isinstance(cfg.get("seed"), int), "seed", cfg.get("seed"), "an integer")
     check_schema_keys(cfg)
-    validate_trainer(cfg.trainer)
+    check_typed(cfg.trainer, TrainerConfig)  # the typed nodes check their own fields (__post_init__)
     check_device_and_precision(cfg.trainer.device, cfg.trainer.precision)
-    validate_eval(cfg.eval)
+    check_typed(cfg.eval, EvalConfig, skip=("benchmarks",))
     unknown = [n for n in cfg.eval.get("final_only") or [] if n not in benchmark_nodes(cfg)]
     if unknown:
         raise ConfigError(f"eval.final_only: {', '.join(unknown)} is not a benchmark of this run "
                           f"(benchmarks: {', '.join(benchmark_nodes(cfg)) or 'none'})")
-    validate_loader(cfg.data.loader)
+    check_typed(cfg.data.loader, LoaderConfig)
     backbone = dry_build("backbone", cfg.backbone)
     dry_build("head", cfg.head, embedding_size=int(backbone.embedding_size), num_classes=1_000_000)
     check_node("data", cfg.data, exclude=("loader",), input_size=tuple(backbone.input_size))
@@ -477,7 +476,7 @@ def check_benchmarks(cfg: DictConfig) -> None:
 def validate_eval_command(cfg: DictConfig) -> None:
     """Checks of a ``frtrain-eval`` config before any model or benchmark file is read."""
     check_schema_keys(cfg)
-    validate_eval(cfg.eval)
+    check_typed(cfg.eval, EvalConfig, skip=("benchmarks",))
     convention = cfg.get("input")
     if convention is not None:
         _require(convention.channels in (None, "rgb", "bgr"), "input.channels", convention.channels, "rgb or bgr")
@@ -489,6 +488,14 @@ def validate_eval_command(cfg: DictConfig) -> None:
     check_benchmarks(cfg)
     if not benchmark_nodes(cfg):
         raise ConfigError("no benchmarks to score: choose some with benchmarks=[lfw_bin,cfp_fp,...] or eval=lfw|bin")
+
+
+def check_typed(node: DictConfig, schema, skip: tuple[str, ...] = ()) -> None:
+    """Run ``schema``'s own checks (``__post_init__``) on a typed node's values, reading only its fields (not the
+    ``skip`` ones: the eval node's benchmarks are checked by their readers)."""
+    import dataclasses
+
+    schema(**{f.name: node[f.name] for f in dataclasses.fields(schema) if f.name not in skip and f.name in node})
 
 
 def to_object(node: DictConfig):

@@ -87,7 +87,9 @@ def train(cfg: DictConfig) -> dict:
 
 def build_trainer(cfg: DictConfig, out_dir: str):
     """Everything ``cfg`` describes, built top to bottom and handed to a :class:`Trainer`."""
-    from frtrain.engine.trainer import Trainer, model_meta, schedule_length  # TensorBoard, sklearn:
+    from frtrain.engine.model_record import model_meta
+    from frtrain.engine.schedule import schedule_length
+    from frtrain.engine.trainer import Trainer  # TensorBoard, sklearn: imported after the checks
 
     opts, loader_cfg = config.to_object(cfg.trainer), config.to_object(cfg.data.loader)
     workers = resolve_workers(loader_cfg.num_workers)

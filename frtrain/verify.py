@@ -14,7 +14,7 @@ checkpoint or the ONNX file (a cosine at a false accept rate on a benchmark, pri
 ``allow_few_impostors=true``. Images are embedded as the evaluator embeds them (the image plus its horizontal flip,
 summed, L2-normalised), so the score equals the one ``frtrain-eval`` computes for the same pair. ``landmarks``: a
 file of lines ``<image> x1 y1 ... x5 y5 [score]`` (the image's name, path, or the ending of its path), as
-``scripts/align.py`` reads them.
+``python -m frtrain.tools.align`` reads them.
 """
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ def fuzz_checkpoints(count: int, seed: int, work: Path, seconds: float) -> dict:
                 data[j] ^= 1 << rng.randrange(8)
             target.write_bytes(bytes(data))
         tally.run(f"{target.name}: frtrain-eval/verify/export", lambda: load_model(str(target)), seconds)
-        tally.run(f"{target.name}: trainer.init_from", lambda: trainer.init_weights(str(target)), seconds)
+        tally.run(f"{target.name}: trainer.init_from", lambda: trainer.checkpointer.init_weights(trainer.backbone, trainer.head, str(target)), seconds)
         tally.run(f"{target.name}: trainer.resume",
                   lambda: trainer.load_state_dict(load_checkpoint(str(target), mmap=True), str(target)), seconds)
         target.unlink()

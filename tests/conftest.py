@@ -1,4 +1,7 @@
-"""Shared fixtures. Tests need no data outside the repository: real-data tests skip without their path variable."""
+"""Shared fixtures. Tests need no data outside the repository: real-data tests skip without their path variable.
+
+Tiers: tests marked ``slow`` (multi-process, training grids, packaging) run with ``make test-slow``; ``make test`` runs
+the rest (the inner loop); ``make test-all`` and CI (.ci/run) run both."""
 
 from __future__ import annotations
 
@@ -15,15 +18,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = Path(__file__).resolve().parent / "assets"
-
-
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("FRTRAIN_SLOW"):
-        return
-    skip = pytest.mark.skip(reason="slow; set FRTRAIN_SLOW=1 (make test-slow)")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

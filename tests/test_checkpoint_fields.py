@@ -58,6 +58,7 @@ def test_a_record_that_matches_its_weights_still_loads(tmp_path):
     assert backbone.embedding_size == 32 and meta["num_classes"] == 60
 
 
+@pytest.mark.slow  # three command processes (the in-process readers are tested above)
 def test_the_commands_answer_a_giant_record_in_one_line(tmp_path):
     path = _backbone_checkpoint(tmp_path / "giant.pt", dict(TINY, embedding_size=10**9))
     for command in (["frtrain.evaluate", f"model={path}"], ["frtrain.export", f"model={path}"],
@@ -127,7 +128,7 @@ RESUME_ONLY = [
 def _readers(trainer):
     return {
         "frtrain-eval/verify/export": lambda p: model_files.load_model(p),
-        "trainer.init_from": lambda p: trainer.init_weights(p),
+        "trainer.init_from": lambda p: trainer.checkpointer.init_weights(trainer.backbone, trainer.head, p),
         "trainer.resume": lambda p: trainer.load_state_dict(ckpt_io.load_checkpoint(p, mmap=True), p),
     }
 

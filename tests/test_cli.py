@@ -85,6 +85,7 @@ def test_deprecated_spellings_still_run_with_a_one_line_warning(tmp_path):
     assert "loader:\n    batch_size: 8" in r.stdout and "_target_: frtrain.heads.NPTLoss" in r.stdout
 
 
+@pytest.mark.slow  # a Hydra sweep of training runs
 def test_multirun_trains_one_run_per_head(tmp_path):
     r = _run(["-m", "head=arcface,cosface", "trainer.max_steps=3", "eval.every_steps=0"] + TINY_RUN, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -147,6 +148,7 @@ def test_import_insightface_still_reads_the_old_flag_spelling(tmp_path, capsys):
         parse([str(tmp_path), "backbone=iresnet50", "outt=x.pt"])
 
 
+@pytest.mark.slow  # an export process
 def test_export_keeps_the_exporter_s_progress_notes_off_the_console(tmp_path):
     pytest.importorskip("onnxruntime")
     import torch

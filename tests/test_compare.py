@@ -129,6 +129,7 @@ TINY = ["data.num_identities=30", "data.images_per_identity=8", "data.image_size
         "eval.benchmarks.synthetic.image_size=32"]
 
 
+@pytest.mark.slow  # a training grid
 @pytest.mark.timeout(900)
 def test_a_tiny_grid_trains_resumes_reuses_and_flags_a_recipe_difference(tmp_path, capsys):
     out = tmp_path / "cmp"

@@ -107,3 +107,32 @@ def test_schedules():
     assert step(29) == 1.0 and step(30) == pytest.approx(0.1) and step(60) == pytest.approx(0.01)
     with pytest.raises(ConfigError, match="sched.milestones"):
         WarmupStep(total_steps=10, steps_per_epoch=1, milestones=[5, 2])
+
+
+SHARED_HEAD_OPTIONS = {"sample_rate", "chunk_size", "memory_budget_mb", "class_dtype"}
+
+
+def test_heads_state_only_their_own_options_and_pass_the_shared_ones_on():
+    """A new shared option is one parameter of Head (and its line in configs/head/_shared.yaml), not 19 signatures."""
+    import inspect
+
+    import frtrain.heads as heads
+    from frtrain.heads.class_vectors import Head
+
+    classes = [c for c in vars(heads).values() if isinstance(c, type) and issubclass(c, Head) and c is not Head]
+    assert len(classes) >= 15
+    for cls in classes:
+        own = inspect.signature(cls.__dict__.get("__init__", cls.__init__)).parameters
+        assert not SHARED_HEAD_OPTIONS & set(own), f"{cls.__name__} restates {SHARED_HEAD_OPTIONS & set(own)}"
+    assert SHARED_HEAD_OPTIONS <= set(inspect.signature(Head.__init__).parameters)
+
+
+def test_a_misspelt_shared_head_option_is_still_named_with_the_closest_names():
+    from frtrain.config import validate_train
+    from frtrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"head: frtrain.heads.ArcFace has no option 'chunk_sise' \(did you mean "
+                                          r"'chunk_size'\?.*sample_rate"):
+        validate_train(compose_train(["+head.chunk_sise=0"]))
+    with pytest.raises(ConfigError, match=r"head.class_dtype=7: expected a string"):
+        validate_train(compose_train(["head=npt", "head.class_dtype=7"]))

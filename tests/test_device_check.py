@@ -20,6 +20,7 @@ def test_unknown_option_is_refused():
     assert done.returncode == 2 and "unknown option '--gpu'" in done.stderr
 
 
+@pytest.mark.slow  # runs every benchmark script once
 @pytest.mark.timeout(900)
 def test_dry_run_writes_every_result(tmp_path):
     out = tmp_path / "out"

@@ -14,6 +14,8 @@ from frtrain.engine.build import build
 
 from conftest import compose_train
 
+pytestmark = pytest.mark.slow  # gloo processes: every head sharded over 2 ranks
+
 HEADS = ["softmax", "normface", "sphereface", "cosface", "arcface", "combined", "magface", "center",
          "npt", "unpg", "intraloss", "ie", "marginloss", "adaface", "curricularface", "elasticface_arc_plus",
          "elasticface_cos"]

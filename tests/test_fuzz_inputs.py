@@ -7,9 +7,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow  # a fuzzing process
 def test_mutated_user_files_are_read_or_refused_in_one_line(tmp_path):
     out = tmp_path / "fuzz.json"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuzz_inputs.py"), "--images", "400",

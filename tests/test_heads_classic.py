@@ -244,7 +244,7 @@ def test_renamed_options_still_work_from_a_config_with_a_warning():
 
     with pytest.warns(FutureWarning, match=r"head.margin is deprecated: it is now head.margin_rad"):
         head = build("head", {"_target_": "frtrain.heads.ArcFace", "margin": 0.3}, embedding_size=D, num_classes=C)
-    assert head.m2 == 0.3
+    assert head.margin_fn.margin_rad == 0.3
     with pytest.warns(FutureWarning, match=r"head.center_lr is deprecated: it is now head.alpha"):
         assert build("head", {"_target_": "frtrain.heads.CenterLoss", "center_lr": 0.25}, embedding_size=D,
                      num_classes=C).alpha == 0.25

@@ -122,12 +122,9 @@ def test_real_lfw_view2_has_6000_pairs_in_ten_identity_disjoint_sets():
 
 def test_make_bin_writes_a_bin_that_scores_exactly_like_the_lfw_layout(lfw, tmp_path):
     """scripts/make_bin.py: LFW layout -> .bin with the files' own bytes; same embeddings, same folds, same numbers."""
-    import sys
-
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import make_bin
+    from frtrain.tools import make_bin
 
     from frtrain.evaluation.benchmarks import bin_benchmark
     from frtrain.evaluation.binfile import read_bin

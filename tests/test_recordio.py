@@ -98,12 +98,7 @@ def test_bad_files_fail_with_the_offset_or_the_record(tmp_path):
 
 
 def test_folder2rec_then_rec2folder_round_trip_and_the_data_config(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import folder2rec
-    import rec2folder
+    from frtrain.tools import folder2rec, rec2folder
 
     from frtrain.engine.build import build
 
@@ -123,11 +118,7 @@ def test_folder2rec_then_rec2folder_round_trip_and_the_data_config(tmp_path):
 
 
 def test_the_conversion_scripts_fail_in_one_line_naming_the_file(tmp_path, capsys):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import rec2folder
+    from frtrain.tools import rec2folder
 
     bad = tmp_path / "train.rec"
     bad.write_bytes(b"\0" * 64)
@@ -137,22 +128,18 @@ def test_the_conversion_scripts_fail_in_one_line_naming_the_file(tmp_path, capsy
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1:] == [f"rec2folder.py: error: {bad}: bad magic 0x00000000 at byte offset 0 (expected 0xced7230a); "
+    assert err.strip().splitlines()[-1:] == [f"rec2folder: error: {bad}: bad magic 0x00000000 at byte offset 0 (expected 0xced7230a); "
                    "is this a RecordIO .rec, and does the .idx belong to it?"]
 
 
 def test_rec2folder_names_each_payload_by_its_format(tmp_path):
     import io
-    import sys
-    from pathlib import Path
-
     import numpy as np
     from PIL import Image
 
     from frtrain.data.recordio import pack, write_record
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import rec2folder
+    from frtrain.tools import rec2folder
 
     payloads = {}
     for fmt, ext in (("PPM", ".ppm"), ("PNG", ".png"), ("JPEG", ".jpg"), ("BMP", ".bmp")):

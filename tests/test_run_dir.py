@@ -96,6 +96,7 @@ def _weights(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "step-00000040.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow  # three training processes
 def test_ctrl_c_saves_says_how_to_resume_and_the_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     full = tmp_path / "full"
     assert _train(INTERRUPTIBLE + [f"output_dir={full}"], tmp_path).returncode == 0
@@ -129,15 +130,16 @@ def test_a_checkpoint_is_written_when_the_last_is_older_than_checkpoint_minutes(
     cfg = compose_train(TINY_DATA + ["eval=none", "trainer.max_steps=3", "trainer.checkpoint_minutes=10",
                                      f"output_dir={tmp_path}"])
     trainer = build_trainer(cfg, str(tmp_path))
-    assert not trainer.checkpoint_due(1)
-    trainer.last_save -= 601  # ten minutes and a second ago
-    assert trainer.checkpoint_due(1)
-    trainer.opts.checkpoint_minutes = 0
-    assert not trainer.checkpoint_due(1)
+    assert not trainer.checkpointer.due(1)
+    trainer.checkpointer.last_save -= 601  # ten minutes and a second ago
+    assert trainer.checkpointer.due(1)
+    trainer.checkpointer.minutes = 0
+    assert not trainer.checkpointer.due(1)
     trainer.close()
 
 
 # -- the environment and the config, checked before any work --------------------------------------------------
+@pytest.mark.slow  # waits for a rendezvous to time out
 def test_a_stray_world_size_says_what_it_waits_for_and_gives_up_within_the_timeout(tmp_path):
     env = dict(os.environ, WORLD_SIZE="2")
     done = _train(TINY_DATA + ["eval=none"], tmp_path, env=env, timeout=120)

@@ -139,3 +139,17 @@ def test_records_with_anything_but_plain_arguments_are_refused(tmp_path, record,
     ckpt = _write_checkpoint(tmp_path / "odd.pt", record)
     with pytest.raises(CheckpointError, match=match):
         ckpt_io.load_checkpoint(ckpt)
+
+
+def test_the_allow_list_is_the_backbone_registry_and_every_backbone_config_is_in_it():
+    """One registry (frtrain.backbones.BACKBONES): a new backbone registered there can be scored from its
+    checkpoints without an edit of the allow-list; a config naming an unregistered class fails here."""
+    from frtrain.backbones import BACKBONES
+    from frtrain.config import group_options
+    from frtrain.engine.model_record import allowed_backbones
+
+    allowed = allowed_backbones()
+    assert set(allowed.values()) == set(BACKBONES)
+    for name in group_options("backbone"):
+        target = compose("train", [f"backbone={name}"]).backbone["_target_"]
+        assert target in allowed, f"configs/backbone/{name}.yaml names {target}, not in frtrain.backbones.BACKBONES"

@@ -123,6 +123,7 @@ def test_align_script_writes_an_aligned_identity_folder(tmp_path):
     assert bad.returncode == 2 and "bad.txt:1: expected '<image> x1 y1 ... x5 y5 [score]'" in bad.stderr
 
 
+@pytest.mark.slow  # four verify processes
 def test_verify_refuses_a_recorded_threshold_that_few_impostors_back_unless_allowed(trained, tmp_path):
     from frtrain.export import export
 

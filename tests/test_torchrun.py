@@ -19,6 +19,8 @@ from frtrain.train import train
 
 from conftest import TINY_DATA, TINY_EVAL, compose_train
 
+pytestmark = pytest.mark.slow  # torchrun jobs of 2 ranks
+
 #: 2 ranks x 16 images = the global batch of 32 of the one-process tests
 PER_RANK = ["data.loader.batch_size=16", "trainer.threads=1"]
 

@@ -137,6 +137,7 @@ def test_mixed_precision_on_cpu_is_refused_with_the_option_named(tmp_path):
 
 @pytest.mark.parametrize("head", ["npt", "unpg", "intraloss", "ie", "marginloss", "adaface", "curricularface",
                                   "elasticface_arc_plus", "elasticface_cos"])
+@pytest.mark.slow  # a training grid over the heads
 def test_each_paper_head_trains_verification_accuracy_well_above_chance(tmp_path, head):
     out, results = _run(tmp_path, head, [f"head={head}", "trainer.max_steps=200", "eval.every_steps=1000"])
     losses = [e["loss"] for e in json.loads((out / "results.json").read_text())["history"]["loss"]]

@@ -8,4 +8,8 @@ from frtrain.backbones.iresnet import IResNet
 from frtrain.backbones.mobilefacenet import MobileFaceNet
 from frtrain.backbones.timm_backbone import TimmBackbone
 
-__all__ = ["IResNet", "MobileFaceNet", "TimmBackbone"]
+#: the one registry of backbones: the classes a checkpoint's record may name (the allow-list of
+#: :mod:`frtrain.engine.model_record` is derived from it) and a config's ``_target_`` should name (tested)
+BACKBONES = (IResNet, MobileFaceNet, TimmBackbone)
+
+__all__ = ["BACKBONES"] + [cls.__name__ for cls in BACKBONES]

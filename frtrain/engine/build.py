@@ -5,7 +5,7 @@ arguments. Before anything is built, every key of the node is checked against th
 an unknown key is named with the closest valid ones, a value of the wrong type with the type expected
 (from the signature's annotations), and a renamed option (a target's ``renamed_options``) is rewritten
 to its new name with a warning. Config nodes come from the user's configs; nothing read from a data
-file is ever built here (see :func:`frtrain.engine.checkpoint.rebuild_backbone`).
+file is ever built here (see :func:`frtrain.engine.model_record.rebuild_backbone`).
 """
 
 from __future__ import annotations
@@ -26,18 +26,53 @@ from omegaconf import DictConfig, OmegaConf
 from frtrain.errors import ConfigError, FrtrainError, first_line
 
 
+def _init_chain(target) -> list:
+    """The ``__init__`` functions a class's keyword arguments can reach: its own, then, while each passes
+    ``**kwargs`` on, its bases' (pytorch-metric-learning's habit: a head states only its own options and hands the
+    shared ones to :class:`~frtrain.heads.class_vectors.Head`). A function is its own chain."""
+    if not inspect.isclass(target):
+        return [target]
+    chain = []
+    for cls in target.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None or cls is object:
+            continue
+        chain.append(init)
+        if not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            break
+    return chain
+
+
+def _options_chain(target) -> list:
+    """Whose parameters are a target's options: its own ``__init__`` and, when that passes ``**kwargs`` on, the
+    ``__init__`` at the end of the chain that receives them (the shared options, :class:`Head`'s). The classes in
+    between hand their own parameters on positionally (CosFace sets CombinedMargin's m1..m3): not options."""
+    chain = _init_chain(target)
+    return chain if len(chain) <= 1 else [chain[0], chain[-1]]
+
+
 def _signature(target) -> tuple[dict[str, inspect.Parameter], bool]:
-    sig = inspect.signature(target)
-    params = {n: p for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    """(named parameters, open to any keyword): the target's own and the shared ones (:func:`_options_chain`), so a
+    typo in a shared option is caught by name all the same; open only when the chain ends in ``**kwargs``."""
+    params, var_kw = {}, False
+    for fn in _options_chain(target):
+        sig = inspect.signature(fn)
+        for n, p in sig.parameters.items():
+            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                params.setdefault(n, p)
+        var_kw = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
     return params, var_kw
 
 
 def _hints(target) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-    except Exception:  # unresolvable forward references: types are not checked
-        return {}
+    hints: dict[str, Any] = {}
+    for fn in _options_chain(target):
+        try:
+            for k, v in typing.get_type_hints(fn).items():
+                hints.setdefault(k, v)
+        except Exception:  # unresolvable forward references: types are not checked
+            pass
+    return hints
 
 
 def _type_ok(value, tp) -> bool:

@@ -1,6 +1,6 @@
 """Checkpoints: one ``.pt`` file per save, written atomically, read with ``weights_only=True``.
 
-Keys (constant, pinned by a test): ``format`` (``frtrain-checkpoint``), ``version``, ``meta`` (the
+Keys (constant, pinned by tests/test_train.py): ``format`` (``frtrain-checkpoint``), ``version``, ``meta`` (the
 backbone and head configs, num_classes, embedding and input size, normalisation: enough to rebuild the
 model without the run's config), ``model`` (backbone state dict), ``head``, ``optimizer``,
 ``lr_scheduler``, ``grad_scaler``, ``train_state`` (step, epoch, batch within the epoch, best score),
@@ -9,7 +9,7 @@ their optimiser state are whole (all C rows, gathered from every rank), so a che
 number of ranks (:mod:`frtrain.engine.sharded_state`).
 
 A checkpoint is data: its ``meta.backbone`` record is rebuilt only through an allow-list of frtrain's own
-backbone classes with plain keyword values (:func:`rebuild_backbone`); :func:`load_checkpoint` refuses a
+backbone classes with plain keyword values (:mod:`frtrain.engine.model_record`); :func:`load_checkpoint` refuses a
 file whose record names anything else, so no command that reads checkpoints can be made to run code.
 
 Opening a model file for scoring (a checkpoint, a run directory, an ONNX file, insightface's ``backbone.pth``) is
@@ -20,26 +20,25 @@ from __future__ import annotations
 
 import errno
 import glob
-import inspect
 import logging
 import os
 import random
 import re
 import shutil
+import time
 from typing import Any
 
 import numpy as np
 import torch
 
 from frtrain.engine import checkpoint_fields as fields
+from frtrain.engine.model_record import check_backbone_record
 from frtrain.errors import CheckpointError, first_line
 
 log = logging.getLogger("frtrain")
 
 FORMAT = "frtrain-checkpoint"
 VERSION = 1
-CHECKPOINT_KEYS = ("format", "version", "meta", "model", "head", "optimizer", "lr_scheduler", "grad_scaler",
-                   "train_state", "rng")
 _STEP_FILE = re.compile(r"step-(\d+)\.pt$")
 
 
@@ -117,10 +116,27 @@ def load_file(path: str, map_location="cpu", mmap: bool = False) -> Any:
         raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({first_line(e)})") from None
 
 
+def plain_state_dict(obj, path: str) -> dict[str, torch.Tensor]:
+    """A backbone state dict from a loaded file: a plain dict of tensors (``module.`` prefixes of
+    DataParallel stripped), or the ``state_dict_backbone`` of an insightface training checkpoint.
+    Floating tensors are returned as float32 (model-zoo files are float16)."""
+    if isinstance(obj, dict) and "state_dict_backbone" in obj:
+        obj = obj["state_dict_backbone"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a backbone state dict (expected a dict of parameter name -> tensor)")
+    fields.tensor_mapping(obj, path, "state dict")
+    out = {}
+    for key, value in obj.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        out[key] = value.float() if value.is_floating_point() else value
+    return out
+
+
 def load_checkpoint(path: str, map_location="cpu", mmap: bool = False) -> dict:
     """A frtrain checkpoint (see module docstring); anything else raises :class:`CheckpointError`.
 
-    The backbone record is checked against the allow-list (:func:`check_backbone_record`) here, so every
+    The backbone record is checked against the allow-list (:func:`~frtrain.engine.model_record.check_backbone_record`)
+    here, so every
     reader of checkpoints refuses a crafted one.
     """
     return checked_checkpoint(load_file(path, map_location, mmap), path)
@@ -143,89 +159,6 @@ def checked_checkpoint(ckpt, path: str) -> dict:
     if meta.get("backbone") is not None:
         check_backbone_record(meta["backbone"], path)
     return ckpt
-
-
-# -- rebuilding a model from a file's record: an allow-list, never instantiate() ----------------------
-def _allowed_backbones() -> dict[str, type]:
-    from frtrain.backbones import IResNet, MobileFaceNet, TimmBackbone
-
-    allowed = {}
-    for cls in (IResNet, MobileFaceNet, TimmBackbone):
-        allowed[f"{cls.__module__}.{cls.__qualname__}"] = cls
-        allowed[f"frtrain.backbones.{cls.__name__}"] = cls
-    return allowed
-
-
-#: timm keyword arguments that would make timm read a file or reach a model hub
-_TIMM_FILE_KEYS = ("pretrained", "checkpoint", "file", "path", "cache_dir", "url", "hf_hub")
-
-
-def _plain_value(value, where: str, path: str) -> None:
-    """Refuse anything in a record but plain data; no key may start with '_' (_target_, _partial_, _args_)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _plain_value(v, f"{where}[{i}]", path)
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str) or k.startswith("_"):
-                raise CheckpointError(f"{path}: refused: its backbone record has the key {where}.{k}; a checkpoint is "
-                                      "data and may not name code to run")
-            _plain_value(v, f"{where}.{k}", path)
-        return
-    raise CheckpointError(f"{path}: refused: its backbone record holds a {type(value).__name__} at {where}; "
-                          "only numbers, strings, lists and mappings are allowed")
-
-
-def check_backbone_record(record, path: str) -> tuple[type, dict]:
-    """(backbone class, keyword arguments) of a checkpoint's backbone record, or :class:`CheckpointError`.
-
-    The record must name one of frtrain's backbone classes and hold only plain values that are
-    arguments of that class; a timm backbone may not name a weights file or a hub (the checkpoint's own
-    weights are loaded instead).
-    """
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{path}: its backbone record is a {type(record).__name__}, expected a mapping")
-    target = record.get("_target_")
-    allowed = _allowed_backbones()
-    if target not in allowed:
-        names = sorted({f"frtrain.backbones.{c.__name__}" for c in allowed.values()})
-        raise CheckpointError(f"{path}: refused: its backbone record names {target!r}, which is not one of "
-                              f"frtrain's backbones ({', '.join(names)}); a checkpoint cannot choose code to run")
-    cls = allowed[target]
-    kwargs = {k: v for k, v in record.items() if k != "_target_"}
-    _plain_value(kwargs, "backbone", path)
-    params = inspect.signature(cls).parameters
-    for key in kwargs:
-        if key not in params:
-            raise CheckpointError(f"{path}: its backbone record has {key!r}, which {target} does not take")
-    if cls.__name__ == "TimmBackbone":
-        file_keys = [k for k in ["pretrained_file"] + list((kwargs.get("kwargs") or {}))
-                     if any(w in k for w in _TIMM_FILE_KEYS) and (k != "pretrained_file" or kwargs.get(k))]
-        if file_keys:
-            raise CheckpointError(f"{path}: refused: its timm backbone record names {file_keys[0]!r}; a checkpoint "
-                                  "may not make timm read a file or a hub")
-    return cls, kwargs
-
-
-def rebuild_backbone(record, path: str, weights: dict | None = None) -> torch.nn.Module:
-    """The backbone a checkpoint's record describes, built by calling the allowed class directly.
-
-    With ``weights`` (the file's state dict), the record is first built on the meta device and compared with
-    them (:func:`frtrain.engine.checkpoint_fields.check_record_against_weights`): sizes come from the weights,
-    so a record asking for a giant network costs nothing before it is refused.
-    """
-    from frtrain.errors import FrtrainError
-
-    cls, kwargs = check_backbone_record(record, path)
-    if weights is not None:
-        fields.check_record_against_weights(cls, kwargs, weights, path)
-    try:
-        return cls(**kwargs)
-    except (FrtrainError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its backbone record cannot be built ({first_line(e)})") from None
 
 
 def step_checkpoints(directory: str) -> list[tuple[int, str]]:
@@ -305,3 +238,141 @@ def load_state_checked(module: torch.nn.Module, state: dict, path: str, what: st
     problem = describe_mismatch(result, path, what)
     if problem:
         raise CheckpointError(problem)
+
+
+#: on Ctrl-C, a checkpoint is written first when the newest one is older than this (seconds)
+INTERRUPT_SAVE_AFTER_S = 120.0
+
+
+# -- the checkpointer: when and where a run saves, and what it starts from ---------------------------------------
+class Checkpointer:
+    """Saving, pruning and restoring a run's checkpoints, beside the training loop (torchtitan's habit).
+
+    Args:
+        run_dir: the run directory; checkpoints go to ``run_dir/checkpoints``.
+        options: the ``trainer`` options it reads: ``checkpoint_every`` (steps), ``checkpoint_minutes`` (wall time
+            since the last save), ``keep_last``, ``resume``, ``init_from``, ``init_head``, ``log_every``.
+    A save is a collective: every rank calls :meth:`save` with the trainer's ``state_dict`` function.
+    """
+
+    def __init__(self, run_dir: str, options):
+        self.run_dir, self.dir = run_dir, os.path.join(run_dir, "checkpoints")
+        self.every, self.minutes = int(options.checkpoint_every), float(options.checkpoint_minutes or 0)
+        self.keep_last, self.log_every = int(options.keep_last), int(options.log_every)
+        self.resume, self.init_from, self.init_head = options.resume, options.init_from, bool(options.init_head)
+        self.last_save, self.saving = time.monotonic(), False
+
+    def due(self, step: int) -> bool:
+        """Save at this step? Every ``checkpoint_every`` steps, and when ``checkpoint_minutes`` have passed since the
+        last save (decided on rank 0 at logging steps and shared, so that every rank joins the same saves)."""
+        from frtrain import distributed as D
+
+        if self.every and step % self.every == 0:
+            return True
+        if not self.minutes or (D.is_distributed() and step % self.log_every != 0):
+            return False
+        return bool(D.broadcast_object(time.monotonic() - self.last_save >= 60.0 * self.minutes))
+
+    def save(self, state_dict, step: int, name: str | None = None) -> str | None:
+        """Write ``state_dict()`` (a collective; the checkpoint on rank 0, None elsewhere) as ``step-N.pt`` (or
+        ``name``) atomically, prune old step files; all ranks sync. Returns the path on rank 0."""
+        from frtrain import distributed as D
+
+        path = None
+        self.saving = True
+        try:
+            state = state_dict()
+            if D.is_main():
+                path = os.path.join(self.dir, name or f"step-{step:08d}.pt")
+                save_atomic(state, path)
+                if name is None:
+                    prune(self.dir, self.keep_last)
+            D.barrier()
+        finally:
+            self.saving = False
+        if name is None:
+            self.last_save = time.monotonic()
+        return path
+
+    def newest(self) -> str | None:
+        return latest_checkpoint(self.run_dir)
+
+    def save_on_interrupt(self, state_dict, step: int, consistent: bool) -> str:
+        """After Ctrl-C: save when the state is at a step boundary past the last save, this is one process (a save is a
+        collective the other ranks are not in), no save was in flight, and the newest checkpoint is older than
+        :data:`INTERRUPT_SAVE_AFTER_S` (or there is none). Returns what to tell the user."""
+        from frtrain import distributed as D
+
+        newest = self.newest()
+        if consistent and D.world_size() == 1 and not self.saving and (
+                newest is None or time.monotonic() - self.last_save >= INTERRUPT_SAVE_AFTER_S):
+            try:
+                return f"; saved {os.path.relpath(self.save(state_dict, step), os.getcwd())}"
+            except (CheckpointError, KeyboardInterrupt):
+                return "; the checkpoint could not be saved"
+        return f"; newest checkpoint {os.path.basename(newest)}" if newest else ""
+
+    def resume_path(self) -> str | None:
+        """The checkpoint ``trainer.resume`` names: none, ``auto`` (this run's newest), a file, or a run directory."""
+        resume = self.resume
+        if resume in (None, "", "null", "none", "false"):
+            return None
+        if resume in ("auto", "latest", "true"):
+            return latest_checkpoint(self.run_dir)
+        path = os.path.abspath(os.path.expanduser(str(resume)))
+        if os.path.isdir(path):
+            found = latest_checkpoint(path)
+            if found is None:
+                raise CheckpointError(f"trainer.resume={resume}: no step-N.pt checkpoint in that directory")
+            return found
+        if not os.path.isfile(path):
+            raise CheckpointError(f"trainer.resume={resume}: no such file or directory")
+        return path
+
+    def restore(self, trainer) -> None:
+        """Resume ``trainer`` (``trainer.resume``: its :meth:`load_state_dict`) or, for a fresh run, start from other
+        weights (``trainer.init_from``: :meth:`init_weights`)."""
+        path = self.resume_path()
+        if path:
+            trainer.load_state_dict(load_checkpoint(path, mmap=True), path)
+            s = trainer.state
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, s.step, s.epoch, s.batch_in_epoch)
+        elif self.init_from:
+            self.init_weights(trainer.backbone, trainer.head, str(self.init_from))
+
+    def init_weights(self, backbone, head, path: str) -> None:
+        """Start from another model's weights (fine-tuning): ``trainer.init_from``.
+
+        ``path``: a frtrain checkpoint (also one imported from insightface), or a plain backbone state dict
+        (insightface's ``backbone.pth``, float16 allowed). The backbone must match exactly (strict load). The
+        head's class vectors are taken when the checkpoint has a ``weight`` of this head's shape and
+        ``trainer.init_head`` is true; a different class count is an error naming both numbers. Heads that
+        keep nothing of that shape start fresh, and the log says so. Optimiser, schedule and step start anew.
+        """
+        path = os.path.abspath(os.path.expanduser(path))
+        obj = load_file(path)
+        if isinstance(obj, dict) and obj.get("format") == FORMAT:
+            obj = checked_checkpoint(obj, path)
+            load_state_checked(backbone, obj["model"], path, "backbone")
+            head_state = obj.get("head") or {}
+        else:
+            load_state_checked(backbone, plain_state_dict(obj, path), path, "backbone")
+            head_state = {}
+        weight = head_state.get("weight")
+        own = getattr(head, "weight", None)
+        if not self.init_head or weight is None or own is None:
+            why = ("trainer.init_head=false" if not self.init_head else
+                   "the checkpoint has no class vectors" if weight is None else "this head keeps no class vectors")
+            log.info("init_from %s: backbone loaded; the head starts fresh (%s)", path, why)
+            return
+        if weight.ndim != 2 or weight.shape[1] != own.shape[1]:
+            log.info("init_from %s: backbone loaded; the head starts fresh (its class vectors are %s, this head's "
+                     "rows have width %d)", path, tuple(weight.shape), own.shape[1])
+            return
+        if weight.shape[0] != head.num_classes:
+            raise CheckpointError(f"{path}: has class vectors for {weight.shape[0]} classes, the training data has "
+                                  f"{head.num_classes}; set trainer.init_head=false to start the head fresh")
+        start = head.class_start
+        with torch.no_grad():
+            own.copy_(weight[start:start + own.shape[0]].to(own.dtype))
+        log.info("init_from %s: backbone and the %d class vectors loaded", path, weight.shape[0])

@@ -17,27 +17,10 @@ import re
 import torch
 
 from frtrain.engine import checkpoint as ckpt_io
+from frtrain.engine.checkpoint import plain_state_dict
 from frtrain.errors import CheckpointError
 
 _RANK_FILE = re.compile(r"checkpoint_gpu_(\d+)\.pt$")
-
-
-def plain_state_dict(obj, path: str) -> dict[str, torch.Tensor]:
-    """A backbone state dict from a loaded file: a plain dict of tensors (``module.`` prefixes of
-    DataParallel stripped), or the ``state_dict_backbone`` of an insightface training checkpoint.
-    Floating tensors are returned as float32 (model-zoo files are float16)."""
-    if isinstance(obj, dict) and "state_dict_backbone" in obj:
-        obj = obj["state_dict_backbone"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: not a backbone state dict (expected a dict of parameter name -> tensor)")
-    from frtrain.engine.checkpoint_fields import tensor_mapping
-
-    tensor_mapping(obj, path, "state dict")
-    out = {}
-    for key, value in obj.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        out[key] = value.float() if value.is_floating_point() else value
-    return out
 
 
 def load_backbone_file(path: str, backbone_cfg) -> tuple[torch.nn.Module, dict]:

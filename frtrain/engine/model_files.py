@@ -13,7 +13,8 @@ import os
 import torch
 
 from frtrain.engine.checkpoint import (FORMAT, checked_checkpoint, latest_checkpoint, load_checkpoint, load_file,
-                                       load_state_checked, rebuild_backbone)
+                                       load_state_checked)
+from frtrain.engine.model_record import rebuild_backbone
 from frtrain.errors import CheckpointError
 
 log = logging.getLogger("frtrain")

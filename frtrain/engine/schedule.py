@@ -76,3 +76,13 @@ class WarmupStep(_Warmup):
 
     def decay(self, step):
         return self.gamma ** sum(step >= m for m in self.milestone_steps)
+
+
+def schedule_length(batches_per_epoch: int, options) -> tuple[int, int]:
+    """(optimiser steps per epoch, total steps): ``max_steps``, or ``epochs`` x steps per epoch."""
+    steps_per_epoch = batches_per_epoch // options.accumulate
+    if steps_per_epoch < 1:
+        raise ConfigError(f"trainer.accumulate={options.accumulate} exceeds the {batches_per_epoch} batches of an epoch")
+    if options.max_steps:
+        return steps_per_epoch, int(options.max_steps)
+    return steps_per_epoch, max(1, int(math.ceil(float(options.epochs) * steps_per_epoch)))

@@ -11,21 +11,15 @@ normalises them with the backbone's mean/std, runs backbone and head, and steps 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from frtrain import __version__
 from frtrain import distributed as D
 from frtrain.config import TrainerConfig
 from frtrain.data.base import CorruptImages
@@ -33,62 +27,13 @@ from frtrain.data.transforms import normalize_batch
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine import checkpoint_fields as fields
 from frtrain.engine import sharded_state
-from frtrain.errors import CheckpointError, ConfigError, FrtrainError, Interrupted, first_line
-from frtrain.log_files import to_log_files
+from frtrain.engine.interrupts import InterruptGuard
+from frtrain.engine.model_record import check_compatible
+from frtrain.engine.run_log import RunLog, Throughput
+from frtrain.errors import CheckpointError, FrtrainError, Interrupted, first_line
 from frtrain.runtime import resolve_device, resolve_precision
 
 log = logging.getLogger("frtrain")
-
-
-#: on Ctrl-C, a checkpoint is written first when the newest one is older than this (seconds)
-INTERRUPT_SAVE_AFTER_S = 120.0
-
-
-class InterruptGuard:
-    """Ctrl-C as KeyboardInterrupt, except inside :meth:`deferred` sections (a training step), where it waits until
-    the section ends; a second Ctrl-C inside the section stops at once (``forced``).
-
-    Python runs signal handlers in the main thread between bytecodes, so blocking the signal at the OS level would
-    not protect a step; a handler that only sets a flag inside the section does. The training loader's workers
-    ignore SIGINT (:func:`frtrain.data.loader.make_loader`), so the step in progress still gets its batches. Outside
-    the main thread (tests that train in a thread) it does nothing.
-    """
-
-    def __init__(self):
-        self.critical, self.pending, self.forced, self.previous = False, False, False, None
-
-    def _handler(self, signum, frame):
-        if self.critical and not self.pending:
-            self.pending = True
-            log.warning("Ctrl-C: stopping after this step (press it again to stop at once, without saving)")
-        else:
-            self.forced = self.critical
-            raise KeyboardInterrupt
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
-        return False
-
-    @contextlib.contextmanager
-    def deferred(self):
-        self.critical = True
-        try:
-            yield
-        finally:
-            self.critical = False
-
-    def raise_pending(self) -> None:
-        """Act on a Ctrl-C that came during the last deferred section."""
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
 
 
 class TrainingDiverged(FrtrainError):
@@ -104,65 +49,6 @@ class TrainState:
     best_step: int = -1
     images_seen: int = 0
     images_per_batch: int = 0  # images of one micro-batch over all ranks (batch_size x world size)
-
-
-def schedule_length(batches_per_epoch: int, options: TrainerConfig) -> tuple[int, int]:
-    """(optimiser steps per epoch, total steps): ``max_steps``, or ``epochs`` x steps per epoch."""
-    steps_per_epoch = batches_per_epoch // options.accumulate
-    if steps_per_epoch < 1:
-        raise ConfigError(f"trainer.accumulate={options.accumulate} exceeds the {batches_per_epoch} batches of an epoch")
-    if options.max_steps:
-        return steps_per_epoch, int(options.max_steps)
-    return steps_per_epoch, max(1, int(math.ceil(float(options.epochs) * steps_per_epoch)))
-
-
-def model_meta(backbone_cfg: dict, head_cfg: dict, backbone, num_classes: int) -> dict:
-    """What a checkpoint needs to rebuild and check the model without the run's config."""
-    return {
-        "frtrain_version": __version__, "backbone": backbone_cfg, "head": head_cfg, "num_classes": int(num_classes),
-        "embedding_size": int(backbone.embedding_size), "input_size": list(backbone.input_size),
-        "mean": list(backbone.mean), "std": list(backbone.std), "world_size": D.world_size(),
-    }
-
-
-def check_compatible(meta: dict, current: dict, path: str) -> None:
-    """Refuse to resume a checkpoint of another backbone class, head or class count, naming both; the backbone's
-    parameter shapes are compared when its weights are loaded (:func:`checkpoint.load_state_checked`)."""
-    for what in ("backbone", "head"):
-        old, new = (meta.get(what) or {}).get("_target_"), current[what].get("_target_")
-        if old != new:
-            raise CheckpointError(f"{path}: was trained with {what} {old}, this run builds {new}")
-    if meta.get("num_classes") != current["num_classes"]:
-        raise CheckpointError(
-            f"{path}: has {meta.get('num_classes')} classes, the training data has {current['num_classes']}")
-
-
-class Throughput:
-    """Images/s and mean loss over a logging window, with evaluation and saving kept out of the time."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.started, self.paused_s, self.images, self.losses = time.perf_counter(), 0.0, 0, []
-
-    def add(self, images: int, loss: float) -> None:
-        self.images += images
-        self.losses.append(loss)
-
-    @contextlib.contextmanager
-    def paused(self):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.paused_s += time.perf_counter() - t
-
-    def images_per_second(self) -> float:
-        return self.images / max(time.perf_counter() - self.started - self.paused_s, 1e-9)
-
-    def mean_loss(self) -> float:
-        return sum(self.losses) / max(len(self.losses), 1)
 
 
 class Trainer:
@@ -192,7 +78,8 @@ class Trainer:
                  final_only: tuple[str, ...] = (),
                  device: torch.device | None = None):
         self.opts, self.out_dir, self.meta, self.seed = options, out_dir, meta, int(seed)
-        self.ckpt_dir = os.path.join(out_dir, "checkpoints")
+        self.checkpointer = ckpt_io.Checkpointer(out_dir, options)
+        self.ckpt_dir = self.checkpointer.dir
         self.device = device or resolve_device(options.device)
         self.amp_dtype = resolve_precision(options.precision, self.device)
         self.backbone, self.head = backbone.to(self.device), head.to(self.device)
@@ -222,13 +109,11 @@ class Trainer:
         self.scaler = D.grad_scaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.state = TrainState(images_per_batch=sampler.batch_size * D.world_size())
         self.global_batch = self.state.images_per_batch * self.accumulate
-        self.writer = SummaryWriter(os.path.join(out_dir, "tb")) if self.is_main else None
+        self.log = RunLog(out_dir, self.is_main, self.total_steps)
         self.corrupt = CorruptImages(dataset)
         self.meter = Throughput()
-        self.history: dict[str, list] = {"eval": [], "loss": []}  # what results.json reports
         self.train_seconds = 0.0
         self.steps_run = 0  # optimiser steps taken by this process (a resumed run counts from 0)
-        self.last_save, self.saving = time.monotonic(), False
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict | None:
@@ -305,88 +190,9 @@ class Trainer:
             group["lr"] = base * factor(step)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
-    def init_weights(self, path: str) -> None:
-        """Start from another model's weights (fine-tuning): ``trainer.init_from``.
-
-        ``path``: a frtrain checkpoint (also one imported from insightface), or a plain backbone state dict
-        (insightface's ``backbone.pth``, float16 allowed). The backbone must match exactly (strict load). The
-        head's class vectors are taken when the checkpoint has a ``weight`` of this head's shape and
-        ``trainer.init_head`` is true; a different class count is an error naming both numbers. Heads that
-        keep nothing of that shape start fresh, and the log says so. Optimiser, schedule and step start anew.
-        """
-        from frtrain.engine.insightface import plain_state_dict
-
-        path = os.path.abspath(os.path.expanduser(path))
-        obj = ckpt_io.load_file(path)
-        if isinstance(obj, dict) and obj.get("format") == ckpt_io.FORMAT:
-            obj = ckpt_io.checked_checkpoint(obj, path)
-            ckpt_io.load_state_checked(self.backbone, obj["model"], path, "backbone")
-            head_state = obj.get("head") or {}
-        else:
-            ckpt_io.load_state_checked(self.backbone, plain_state_dict(obj, path), path, "backbone")
-            head_state = {}
-        weight = head_state.get("weight")
-        own = getattr(self.head, "weight", None)
-        if not self.opts.init_head or weight is None or own is None:
-            why = ("trainer.init_head=false" if not self.opts.init_head else
-                   "the checkpoint has no class vectors" if weight is None else "this head keeps no class vectors")
-            log.info("init_from %s: backbone loaded; the head starts fresh (%s)", path, why)
-            return
-        if weight.ndim != 2 or weight.shape[1] != own.shape[1]:
-            log.info("init_from %s: backbone loaded; the head starts fresh (its class vectors are %s, this head's "
-                     "rows have width %d)", path, tuple(weight.shape), own.shape[1])
-            return
-        if weight.shape[0] != self.head.num_classes:
-            raise CheckpointError(f"{path}: has class vectors for {weight.shape[0]} classes, the training data has "
-                                  f"{self.head.num_classes}; set trainer.init_head=false to start the head fresh")
-        start = self.head.class_start
-        with torch.no_grad():
-            own.copy_(weight[start:start + own.shape[0]].to(own.dtype))
-        log.info("init_from %s: backbone and the %d class vectors loaded", path, weight.shape[0])
-
-    def resume_path(self) -> str | None:
-        resume = self.opts.resume
-        if resume in (None, "", "null", "none", "false"):
-            return None
-        if resume in ("auto", "latest", "true"):
-            return ckpt_io.latest_checkpoint(self.out_dir)
-        path = os.path.abspath(os.path.expanduser(str(resume)))
-        if os.path.isdir(path):
-            found = ckpt_io.latest_checkpoint(path)
-            if found is None:
-                raise CheckpointError(f"trainer.resume={resume}: no step-N.pt checkpoint in that directory")
-            return found
-        if not os.path.isfile(path):
-            raise CheckpointError(f"trainer.resume={resume}: no such file or directory")
-        return path
-
-    def restore(self) -> None:
-        """Resume (``trainer.resume``) or, for a fresh run, start from other weights (``trainer.init_from``)."""
-        path = self.resume_path()
-        if path:
-            self.load_state_dict(ckpt_io.load_checkpoint(path, mmap=True), path)
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch,
-                     self.state.batch_in_epoch)
-        elif self.opts.init_from:
-            self.init_weights(str(self.opts.init_from))
-
     def save(self, name: str | None = None) -> str | None:
-        """Write a checkpoint on rank 0 (``step-N.pt``, or ``name``) and prune old step files; all ranks sync."""
-        path = None
-        self.saving = True
-        try:
-            state = self.state_dict()  # a collective: every rank takes part
-            if self.is_main:
-                path = os.path.join(self.ckpt_dir, name or f"step-{self.state.step:08d}.pt")
-                ckpt_io.save_atomic(state, path)
-                if name is None:
-                    ckpt_io.prune(self.ckpt_dir, int(self.opts.keep_last))
-            D.barrier()
-        finally:
-            self.saving = False
-        if name is None:
-            self.last_save = time.monotonic()
-        return path
+        """A checkpoint of this state (``step-N.pt``, or ``name``) through the checkpointer; a collective."""
+        return self.checkpointer.save(self.state_dict, self.state.step, name)
 
     # -- phases ---------------------------------------------------------------------------------
     def autocast(self):
@@ -425,7 +231,7 @@ class Trainer:
         try:
             self.corrupt.observe(images.shape[0], len(skipped))
         except FrtrainError:
-            self.write_corrupt_list(sorted(set(self.corrupt.paths())))
+            self.log.write_corrupt_list(sorted(set(self.corrupt.paths())))
             raise
         self.meter.add(images.shape[0] * D.world_size(), float(loss.detach()))
 
@@ -460,33 +266,25 @@ class Trainer:
             self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
         progress.update(1)
         if step % int(self.opts.log_every) == 0 or last:
-            self.log_step(progress, grad_norm)
+            loss, speed = self.meter.mean_loss(), self.meter.images_per_second()
+            self.meter.reset()
+            self.log.step(self.state, progress, loss, self.optimizer.param_groups[0]["lr"], speed, grad_norm,
+                          len(self.corrupt), getattr(self.head, "stats", {}))
         if last:
             return
         with self.meter.paused():  # keep evaluation and saving out of the images/s figure
             if self.eval_every and step % self.eval_every == 0:
                 self.evaluate()
                 self.backbone.train()
-            if self.checkpoint_due(step):
+            if self.checkpointer.due(step):
                 self.save()
-
-    def checkpoint_due(self, step: int) -> bool:
-        """Save at this step? Every ``checkpoint_every`` steps, and when ``checkpoint_minutes`` have passed since the
-        last save (decided on rank 0 at logging steps and shared, so that every rank joins the same saves)."""
-        if self.opts.checkpoint_every and step % int(self.opts.checkpoint_every) == 0:
-            return True
-        minutes = self.opts.checkpoint_minutes
-        if not minutes or (D.is_distributed() and step % int(self.opts.log_every) != 0):
-            return False
-        return bool(D.broadcast_object(time.monotonic() - self.last_save >= 60.0 * float(minutes)))
 
     def fit(self) -> dict:
         """Train to ``total_steps`` (from where :meth:`restore` left the state), evaluate, save; returns the
         last verification results by benchmark name.
 
         Ctrl-C stops at a consistent state (an optimiser step is never cut in half; the micro-batches of an unfinished
-        step are given back), saves a checkpoint when the last one is older than :data:`INTERRUPT_SAVE_AFTER_S` (one
-        process), and raises :class:`~frtrain.errors.Interrupted` with the command line that resumes.
+        step are given back), saves a checkpoint when the last one is old (:meth:`Checkpointer.save_on_interrupt`), and raises :class:`~frtrain.errors.Interrupted` with the command line that resumes.
         """
         log.info("training %d steps (%d per epoch), global batch %d, %d classes, %d images, device %s, precision %s",
                  self.total_steps, self.steps_per_epoch, self.global_batch, self.head.num_classes, len(self.dataset),
@@ -513,7 +311,11 @@ class Trainer:
                 self.train_seconds += time.perf_counter() - started
                 results = self.evaluate(final=True)
                 self.save()
-                self.write_results(results)
+                self.corrupt.warn_new("end of training")
+                gathered = D.gather_objects(self.corrupt.paths())
+                best = os.path.join(self.ckpt_dir, "best.pt") if self.state.best_step >= 0 else None
+                corrupt = sorted({p for paths in gathered for p in paths}) if gathered is not None else []  # rank 0
+                self.log.write_results(results, self.state, best, self.train_seconds, corrupt)
                 return results
         except KeyboardInterrupt:
             progress.close()
@@ -523,20 +325,9 @@ class Trainer:
             self.close()
 
     def interrupted(self, consistent: bool) -> None:
-        """After Ctrl-C: save when the last checkpoint is old (one process: a save is a collective the other ranks
-        are not in) and the state is at a step boundary (not after a second Ctrl-C inside a step), and say how to
+        """After Ctrl-C: save if the checkpointer says so (:meth:`Checkpointer.save_on_interrupt`), and say how to
         resume."""
-        saved = ""
-        age = time.monotonic() - self.last_save
-        newest = ckpt_io.latest_checkpoint(self.out_dir)
-        if consistent and D.world_size() == 1 and self.steps_run > 0 and not self.saving and (
-                newest is None or age >= INTERRUPT_SAVE_AFTER_S):
-            try:
-                saved = f"; saved {os.path.relpath(self.save(), os.getcwd())}"
-            except (FrtrainError, KeyboardInterrupt):
-                saved = "; the checkpoint could not be saved"
-        elif newest is not None:
-            saved = f"; newest checkpoint {os.path.basename(newest)}"
+        saved = self.checkpointer.save_on_interrupt(self.state_dict, self.state.step, consistent and self.steps_run > 0)
         where = (f"stopped at step {self.state.step} of {self.total_steps}" if consistent else
                  f"stopped inside step {self.state.step + 1} of {self.total_steps} (a second Ctrl-C)")
         raise Interrupted(f"{where}{saved}; resume with trainer.resume=auto hydra.run.dir={self.out_dir} (and the "
@@ -555,7 +346,7 @@ class Trainer:
                                 **self.embed_options)
             results = score_benchmarks(self.benchmarks, embedder, skip=() if final else self.final_only)
             for name, r in results.items():
-                self.log_result(name, r)
+                self.log.result(self.state.step, name, r)
             best = results[self.select].accuracy if self.select in results else None
             if best is not None and best > self.state.best_score:
                 self.state.best_score, self.state.best_step, improved = best, self.state.step, True
@@ -563,78 +354,9 @@ class Trainer:
             self.save("best.pt")
         return results
 
-    def log_result(self, name: str, r) -> None:
-        from frtrain.evaluation.report import roc_figure
-
-        step = self.state.step
-        for key, value in r.scalars().items():
-            if value is not None:
-                self.writer.add_scalar(f"val/{name}/{key}", value, step)
-        self.writer.add_figure(f"val/{name}/roc", roc_figure(r), step)
-        log.info("step %d  %s: %s  auc %.4f", step, name, r.headline(), r.auc)
-        self.history["eval"].append({**r.scalars(), "step": step, "benchmark": name, "accuracy": r.accuracy})
-
-    def log_step(self, progress, grad_norm: float | None) -> None:
-        loss, speed = self.meter.mean_loss(), self.meter.images_per_second()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.meter.reset()
-        progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
-        if not self.is_main:
-            return
-        step = self.state.step
-        line = (f"step {step}/{self.total_steps}  epoch {self.state.epoch}  loss {loss:.4f}  lr {lr:.4g}  "
-                f"{speed:.0f} images/s" + (f"  grad_norm {grad_norm:.3g}" if grad_norm is not None else ""))
-        if progress.disable:
-            log.info(line)
-        else:  # the console has the progress bar; the log file gets the line
-            to_log_files(line)
-        self.history["loss"].append({"step": step, "loss": loss, "lr": lr, "images_per_sec": speed})
-        for key, value in (("loss", loss), ("lr", lr), ("images_per_sec", speed),
-                           ("corrupt_images_skipped", len(self.corrupt)), ("grad_norm", grad_norm)):
-            if value is not None:
-                self.writer.add_scalar(f"train/{key}", value, step)
-        for key, value in getattr(self.head, "stats", {}).items():
-            self.writer.add_scalar(f"head/{key}", float(value), step)
-
-    def write_results(self, results: dict) -> None:
-        """``results.json`` in the run directory (final and best scores, history, time, corrupt images),
-        ``pairs/<benchmark>.npz`` (each pair's cosine, label, fold and outcome at the final evaluation: what
-        frtrain-compare pairs up) and ``corrupt_images.txt`` (every skipped file, once) when there were any."""
-        self.corrupt.warn_new("end of training")
-        gathered = D.gather_objects(self.corrupt.paths())
-        if not self.is_main:
-            return
-        corrupt = sorted({p for paths in gathered for p in paths})
-        self.write_corrupt_list(corrupt)
-        for name, r in results.items():
-            if r.per_pair:
-                os.makedirs(os.path.join(self.out_dir, "pairs"), exist_ok=True)
-                np.savez(os.path.join(self.out_dir, "pairs", f"{name}.npz"), **r.per_pair)
-        summary = {
-            "final": {name: r.to_dict() for name, r in results.items()},
-            "best": {"score": self.state.best_score, "step": self.state.best_step,
-                     "checkpoint": os.path.join(self.ckpt_dir, "best.pt") if self.state.best_step >= 0 else None},
-            "steps": self.state.step,
-            "train_seconds": self.train_seconds,
-            "corrupt_images_skipped": len(corrupt),
-            "history": self.history,
-        }
-        path = os.path.join(self.out_dir, "results.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(summary, f, indent=1)
-        os.replace(path + ".tmp", path)
-
-    def write_corrupt_list(self, corrupt: list[str]) -> None:
-        """``corrupt_images.txt``: every skipped file, once (rank 0)."""
-        if not corrupt or not self.is_main:
-            return
-        with open(os.path.join(self.out_dir, "corrupt_images.txt"), "w") as f:
-            f.write("\n".join(corrupt) + "\n")
-        log.warning("%d corrupt images were skipped (listed in %s)", len(corrupt),
-                    os.path.join(self.out_dir, "corrupt_images.txt"))
+    def restore(self) -> None:
+        """Resume or fine-tune as ``trainer.resume`` / ``trainer.init_from`` say (:class:`Checkpointer`)."""
+        self.checkpointer.restore(self)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-            self.writer = None
+        self.log.close()

@@ -91,7 +91,7 @@ def read_landmark_file(path: str) -> list[tuple[str, np.ndarray, float | None]]:
 def landmarks_for(entries: dict[str, np.ndarray], image_path: str, where: str) -> np.ndarray:
     """The landmarks of ``image_path`` in a landmark file's ``entries`` (name -> (5, 2)): the entry named by the path
     as given, by its absolute path, or else by the longest path suffix (``loose_crop/1.jpg`` matches
-    ``/data/IJBC/loose_crop/1.jpg``), as scripts/align.py reads them; a suffix two entries share is ambiguous."""
+    ``/data/IJBC/loose_crop/1.jpg``), as frtrain.tools.align reads them; a suffix two entries share is ambiguous."""
     for key in (image_path, os.path.abspath(image_path)):
         if key in entries:
             return entries[key]

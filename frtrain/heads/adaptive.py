@@ -20,7 +20,7 @@ import torch
 
 from frtrain.heads.class_vectors import check_option
 from frtrain.heads.classic import MarginSoftmax
-from frtrain.heads.margins import combined_margin
+from frtrain.heads.margins import ArcMargin
 
 
 class _RunningStatistics(MarginSoftmax):
@@ -76,10 +76,8 @@ class AdaFace(_RunningStatistics):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin: float = 0.4,
                  h: float = 0.333, momentum: float = 0.01, batch_stats: str = "global", margin_grad: str = "autograd",
-                 sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+                 **common):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, **common)
         check_option("margin", margin, 0.0 <= margin < math.pi / 2, "an adaptive margin in [0, pi/2)")
         check_option("h", h, h > 0.0, "a positive concentration")
         self.margin, self.h, self.eps = float(margin), float(h), 1e-3
@@ -116,19 +114,16 @@ class CurricularFace(_RunningStatistics):
     renamed_options = {"margin": "margin_rad"}
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_rad: float = 0.5,
-                 momentum: float = 0.01, batch_stats: str = "global", margin_grad: str = "autograd",
-                 sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
-        check_option("margin_rad", margin_rad, 0.0 <= margin_rad < math.pi, "an angular margin in [0, pi) radians")
-        self.margin_rad = float(margin_rad)
+                 momentum: float = 0.01, batch_stats: str = "global", margin_grad: str = "autograd", **common):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, margin=ArcMargin(margin_rad, key="margin_rad"),
+                         **common)
+        self.margin_rad = self.margin_fn.margin_rad
         self._init_stats(batch_stats, momentum, {"t": 0.0})
 
     def target_logit(self, cos_t, norms):
         if self.training:  # once per forward, before the negatives are weighted (adjust_logits is pure)
             self._update("t", self._slices(cos_t.detach().clamp(-1.0, 1.0)).mean(dim=1))
-        return combined_margin(cos_t, 1.0, self.margin_rad, 0.0)
+        return self.margin_fn.target_logit(cos_t, norms)
 
     def adjust_logits(self, logits, cos_t):
         """Hard negatives weighted by the current t: elementwise, so it applies to any block of columns."""

@@ -31,10 +31,8 @@ class SoftmaxWithCenters(Softmax):
     class_parameters = ("weight", "bias", "centers")
 
     def __init__(self, embedding_size: int, num_classes: int, center_lr: float | None = None,
-                 normalize_features: bool = False, sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+                 normalize_features: bool = False, **common):
+        super().__init__(embedding_size, num_classes, **common)
         check_option("center_lr", center_lr, center_lr is None or center_lr > 0.0, "a positive learning rate or null")
         self.center_lr = None if center_lr is None else float(center_lr)
         self.normalize_features = bool(normalize_features)
@@ -90,11 +88,8 @@ class CenterLoss(SoftmaxWithCenters):
 
     renamed_options = {"center_lr": "alpha"}
 
-    def __init__(self, embedding_size: int, num_classes: int, lambda_c: float = 0.003, alpha: float = 0.5,
-                 sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, None, normalize_features=False, sample_rate=sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+    def __init__(self, embedding_size: int, num_classes: int, lambda_c: float = 0.003, alpha: float = 0.5, **common):
+        super().__init__(embedding_size, num_classes, None, normalize_features=False, **common)
         check_option("lambda_c", lambda_c, lambda_c >= 0.0, "a non-negative weight")
         check_option("alpha", alpha, 0.0 <= alpha <= 1.0, "a centre update rate in [0, 1]")
         self.lambda_c, self.alpha = float(lambda_c), float(alpha)

@@ -40,6 +40,11 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 class Head(nn.Module):
     """Base class of every loss head: ``Head(embedding_size, num_classes, **hyper)``.
 
+    The options below are every head's: a subclass states only its own and passes ``**common`` on (a new shared
+    option is a parameter here and a line in configs/head/_shared.yaml, nothing else); the config check reads the
+    options along the ``__init__`` chain, so a misspelt shared option is still named
+    (:func:`frtrain.engine.build._signature`).
+
     ``forward(embeddings, labels)`` returns the scalar loss (mean over the global batch) and leaves
     detached per-step quantities worth logging in ``self.stats``. Subclasses keep their class vectors in
     the parameter ``weight`` (C_local x d); heads with separate centres add ``centers``.

@@ -6,11 +6,13 @@ combined margin keeps insightface's ``m1`` (multiplier), ``m2`` (radians), ``m3`
 old name ``margin`` still works with a warning (``renamed_options``). ``scale`` is the logit scale s.
 
 Every margin head is :class:`MarginSoftmax`: the logits are ``s * cos(theta_ij)`` with the target
-column replaced by ``s * psi(theta_i)``, and the loss is the mean softmax cross-entropy. A head is its
-``psi`` (:meth:`MarginSoftmax.target_logit`) and at most one more hook: :meth:`~MarginSoftmax.extra_loss`
-(a per-sample term: MagFace's regulariser, IntraLoss), :meth:`~MarginSoftmax.extra_logsumexp` (columns added
-to every row's denominator: UNPG's batch negatives) or :meth:`~MarginSoftmax.adjust_logits` (the non-target
-logits: CurricularFace's hard negatives).
+column replaced by ``s * psi(theta_i)``, and the loss is the mean softmax cross-entropy. ``psi`` is the margin
+object the head is given (:mod:`frtrain.heads.margins`: ArcFace, CosFace, CombinedMargin and MagFace are presets
+that give one), or :meth:`MarginSoftmax.target_logit` where a head's margin depends on its own state (SphereFace's
+annealing, ElasticFace's random draws, AdaFace's norm statistics). Hooks, any of them: :meth:`~MarginSoftmax.extra_loss`
+(a per-sample term: the margin's regulariser (MagFace) by default, IntraLoss's term),
+:meth:`~MarginSoftmax.extra_logsumexp` (columns added to every row's denominator: UNPG's batch negatives) and
+:meth:`~MarginSoftmax.adjust_logits` (the non-target logits: CurricularFace's hard negatives).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from frtrain.heads.class_vectors import (
     sharded_cross_entropy,
     target_values,
 )
-from frtrain.heads.margins import MagFaceMargin, combined_margin
+from frtrain.heads.margins import ArcMargin, Combined, CosMargin, MagFaceMargin, Margin, combined_margin, multiplier
 
 
 class Softmax(Head):
@@ -39,10 +41,8 @@ class Softmax(Head):
 
     class_parameters = ("weight", "bias")
 
-    def __init__(self, embedding_size: int, num_classes: int, sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+    def __init__(self, embedding_size: int, num_classes: int, **common):
+        super().__init__(embedding_size, num_classes, **common)
         self.weight = self.new_class_parameter("normal")
         self.bias = nn.Parameter(torch.zeros(self.num_local))
 
@@ -114,14 +114,14 @@ class MarginSoftmax(Head):
         margin_grad: ``autograd`` (default) differentiates through psi exactly (pytorch-metric-learning);
             ``straight_through`` uses d(logit)/d(cos) = s for every entry, as insightface's in-place margin
             under ``no_grad`` does. Same loss value; the gradients differ for ArcFace, not for CosFace.
-    Subclasses define :meth:`target_logit` and at most one of :meth:`extra_loss`, :meth:`extra_logsumexp`.
+        margin: the target-logit margin (:mod:`frtrain.heads.margins`); None: psi = cos (NormFace), or the
+            subclass's :meth:`target_logit`.
     """
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto",
-                 margin_grad: str = "autograd", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+                 margin_grad: str = "autograd", margin: Margin | None = None, **common):
+        super().__init__(embedding_size, num_classes, **common)
+        self.margin_fn = margin
         check_option("scale", scale, scale == "auto" or (not isinstance(scale, str) and scale > 0),
                      "a positive logit scale or auto")
         check_option("margin_grad", margin_grad, margin_grad in ("autograd", "straight_through"),
@@ -133,19 +133,22 @@ class MarginSoftmax(Head):
 
     def extra_repr(self) -> str:
         how = f" (auto for {self.num_classes} classes)" if self.scale_auto else ""
-        return f"{super().extra_repr()}, scale={self.scale:.1f}{how}"
+        margin = f", margin={self.margin_fn}" if self.margin_fn is not None else ""
+        return f"{super().extra_repr()}, scale={self.scale:.1f}{how}{margin}"
 
     def target_logit(self, cos_t: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-        """psi_i (unscaled) from the target cosines (N,) and the feature norms (N,)."""
-        return cos_t
+        """psi_i (unscaled) from the target cosines (N,) and the feature norms (N,): the margin's."""
+        return cos_t if self.margin_fn is None else self.margin_fn.target_logit(cos_t, norms)
 
     def extra_loss(self, m: MarginLogits, y_all: torch.Tensor) -> torch.Tensor | None:
-        """A per-sample term (N,) added to the cross-entropy (MagFace's regulariser, IntraLoss), or None.
+        """A per-sample term (N,) added to the cross-entropy: the margin's regulariser (MagFace) by default.
 
         Values computed from the gathered batch alone (the norms) must go through
         :func:`frtrain.distributed.replicated`, so their gradient is counted once over the ranks.
         """
-        return None
+        if self.margin_fn is None:
+            return None
+        return self.margin_fn.regulariser(D.replicated(m.norms))
 
     def extra_logsumexp(self, x_all: torch.Tensor, y_all: torch.Tensor) -> torch.Tensor | None:
         """log sum exp of extra logits added to every row's softmax denominator (scalar or (N,)), or None."""
@@ -234,24 +237,15 @@ class CombinedMargin(MarginSoftmax):
     m3 cosine units (defaults 1.0, 0.3, 0.2, insightface's combined-margin setting).
 
     (1, m, 0) is ArcFace, (1, 0, m) CosFace, (m, 0, 0) SphereFace without annealing. See
-    :func:`combined_margin` for the extension beyond theta = pi.
+    :func:`~frtrain.heads.margins.combined_margin` for the extension beyond theta = pi.
     """
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", m1: float = 1.0,
-                 m2: float = 0.3, m3: float = 0.2, margin_grad: str = "autograd", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
-        check_option("m1", m1, m1 >= 1.0, "a multiplicative margin >= 1")
-        check_option("m2", m2, 0.0 <= m2 < math.pi, "an additive angular margin in [0, pi) radians")
-        check_option("m3", m3, m3 >= 0.0, "a non-negative cosine margin")
-        self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
-
-    def target_logit(self, cos_t, norms):
-        return combined_margin(cos_t, self.m1, self.m2, self.m3)
+                 m2: float = 0.3, m3: float = 0.2, margin_grad: str = "autograd", **common):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, margin=Combined(m1, m2, m3), **common)
 
 
-class ArcFace(CombinedMargin):
+class ArcFace(MarginSoftmax):
     """ArcFace (Deng et al. 2019): target logit s*cos(theta + m), s = 64, m = ``margin_rad`` = 0.5 rad.
 
     Where theta + m > pi: insightface's monotone fallback cos(theta) - m*sin(m).
@@ -260,24 +254,20 @@ class ArcFace(CombinedMargin):
     renamed_options = {"margin": "margin_rad"}
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_rad: float = 0.5,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        check_option("margin_rad", margin_rad, 0.0 <= margin_rad < math.pi, "an angular margin in [0, pi) radians")
-        super().__init__(embedding_size, num_classes, scale, 1.0, margin_rad, 0.0, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+                 margin_grad: str = "autograd", **common):
+        margin = ArcMargin(margin_rad, key="margin_rad")
+        super().__init__(embedding_size, num_classes, scale, margin_grad, margin=margin, **common)
 
 
-class CosFace(CombinedMargin):
+class CosFace(MarginSoftmax):
     """CosFace / AM-softmax (Wang et al. 2018): target logit s*(cos(theta) - m), s = 64, m = ``margin_cos`` = 0.35."""
 
     renamed_options = {"margin": "margin_cos"}
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_cos: float = 0.35,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        check_option("margin_cos", margin_cos, margin_cos >= 0.0, "a non-negative cosine margin")
-        super().__init__(embedding_size, num_classes, scale, 1.0, 0.0, margin_cos, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+                 margin_grad: str = "autograd", **common):
+        margin = CosMargin(margin_cos, key="margin_cos")
+        super().__init__(embedding_size, num_classes, scale, margin_grad, margin=margin, **common)
 
 
 class SphereFace(MarginSoftmax):
@@ -294,14 +284,11 @@ class SphereFace(MarginSoftmax):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_mult: float = 4.0,
                  lambda_base: float = 1000.0, lambda_gamma: float = 0.12, lambda_power: float = 1.0,
-                 lambda_min: float = 5.0, margin_grad: str = "autograd", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
-        check_option("margin_mult", margin_mult, margin_mult >= 1.0, "a multiplicative margin >= 1")
+                 lambda_min: float = 5.0, margin_grad: str = "autograd", **common):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, **common)
+        self.margin_mult = multiplier(margin_mult, "margin_mult")
         check_option("lambda_min", lambda_min, lambda_min >= 0.0, "a non-negative value")
         check_option("lambda_base", lambda_base, lambda_base >= 0.0, "a non-negative value")
-        self.margin_mult = float(margin_mult)
         self.lambda_base, self.lambda_gamma = float(lambda_base), float(lambda_gamma)
         self.lambda_power, self.lambda_min = float(lambda_power), float(lambda_min)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
@@ -322,20 +309,12 @@ class SphereFace(MarginSoftmax):
 class MagFace(MarginSoftmax):
     """MagFace (Meng et al. 2021): ArcFace with a margin that grows with the feature norm, plus a regulariser.
 
-    loss = CE(target s*cos(theta + m(a))) + lambda_g * g(a); see :class:`MagFaceMargin`.
+    loss = CE(target s*cos(theta + m(a))) + lambda_g * g(a); see :class:`~frtrain.heads.margins.MagFaceMargin`.
     Defaults l_a = 10, u_a = 110, l_m = 0.45, u_m = 0.8, lambda_g = 35, s = 64.
     """
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", l_a: float = 10.0,
                  u_a: float = 110.0, l_m: float = 0.45, u_m: float = 0.8, lambda_g: float = 35.0,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
-        self.magface = MagFaceMargin(l_a, u_a, l_m, u_m, lambda_g)
-
-    def target_logit(self, cos_t, norms):
-        return self.magface.target_logit(cos_t, norms)
-
-    def extra_loss(self, m, y_all):
-        return self.magface.regulariser(D.replicated(m.norms))
+                 margin_grad: str = "autograd", **common):
+        super().__init__(embedding_size, num_classes, scale, margin_grad,
+                         margin=MagFaceMargin(l_a, u_a, l_m, u_m, lambda_g), **common)

@@ -8,13 +8,12 @@ run draws what the uninterrupted run would have drawn).
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from frtrain.heads.class_vectors import check_option
 from frtrain.heads.classic import MarginSoftmax
-from frtrain.heads.margins import safe_acos
+from frtrain.heads.margins import angle, cosine, safe_acos
 
 
 def _check_plus(plus_order: str) -> None:
@@ -68,11 +67,9 @@ class ElasticArcFace(_ElasticMargin):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_rad: float = 0.5,
                  margin_std: float = 0.05, plus: bool = False, plus_order: str = "authors", seed: int = 0,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
-        check_option("margin_rad", margin_rad, 0.0 <= margin_rad < math.pi, "an angular margin in [0, pi) radians")
+                 margin_grad: str = "autograd", **common):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, **common)
+        margin_rad = angle(margin_rad, "margin_rad")
         self._init_margins(margin_rad, margin_std, plus, plus_order, seed)
 
     def target_logit(self, cos_t, norms):
@@ -87,11 +84,9 @@ class ElasticCosFace(_ElasticMargin):
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | str = "auto", margin_cos: float = 0.35,
                  margin_std: float = 0.05, plus: bool = False, plus_order: str = "authors", seed: int = 0,
-                 margin_grad: str = "autograd", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
-        check_option("margin_cos", margin_cos, margin_cos >= 0.0, "a non-negative cosine margin")
+                 margin_grad: str = "autograd", **common):
+        super().__init__(embedding_size, num_classes, scale, margin_grad, **common)
+        margin_cos = cosine(margin_cos, "margin_cos")
         self._init_margins(margin_cos, margin_std, plus, plus_order, seed)
 
     def target_logit(self, cos_t, norms):

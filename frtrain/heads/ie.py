@@ -11,7 +11,8 @@ measured in an "exponential feature projection space"; trained jointly with soft
 
 Open choices, as options: ``projection`` (``exp_neg`` | ``identity``: k = -d), ``smooth`` (``softplus`` |
 ``hinge``), ``tau``, ``alpha``, ``lambda_ie``, ``normalize_features`` (default true: d in [0, 4]).
-The mean over the other centres comes from one N x C distance matrix, no loop over classes.
+The mean over the other centres comes from N x C distances: one matrix on the plain path, or class chunks on the
+chunked one (:mod:`frtrain.heads.chunked`) when that matrix would exceed the memory budget.
 """
 
 from __future__ import annotations
@@ -39,10 +40,8 @@ class IELoss(SoftmaxWithCenters):
 
     def __init__(self, embedding_size: int, num_classes: int, lambda_ie: float = 1.0, tau: float = 1.0,
                  alpha: float = 0.5, projection: str = "exp_neg", smooth: str = "softplus",
-                 normalize_features: bool = True, center_lr: float | None = None, sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, center_lr, normalize_features, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+                 normalize_features: bool = True, center_lr: float | None = None, **common):
+        super().__init__(embedding_size, num_classes, center_lr, normalize_features, **common)
         check_option("lambda_ie", lambda_ie, lambda_ie >= 0.0, "a non-negative weight")
         check_option("tau", tau, tau > 0.0, "a positive temperature")
         check_option("alpha", alpha, alpha >= 0.0, "a non-negative margin")

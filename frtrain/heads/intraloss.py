@@ -49,17 +49,13 @@ class IntraLoss(MarginSoftmax):
 
     def __init__(self, embedding_size: int, num_classes: int, base: Margin | None = None,
                  scale: float | str = "auto", lambda_intra: float = 1.0, region: str = "above_class_mean",
-                 margin_grad: str = "autograd", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
-        self.base = check_base(base, (ArcMargin, CosMargin), "IntraLoss")
+                 margin_grad: str = "autograd", **common):
+        base = check_base(base, (ArcMargin, CosMargin), "IntraLoss")
+        super().__init__(embedding_size, num_classes, scale, margin_grad, margin=base, **common)
+        self.base = base
         check_option("lambda_intra", lambda_intra, lambda_intra >= 0.0, "a non-negative weight")
         check_option("region", region, region in ("above_class_mean", "all"), "'above_class_mean' or 'all'")
         self.lambda_intra, self.region = float(lambda_intra), region
-
-    def target_logit(self, cos_t, norms):
-        return self.base.target_logit(cos_t, norms)
 
     def extra_loss(self, m, y_all):
         theta = safe_acos(m.cos_t)

@@ -11,7 +11,8 @@ learnable centres c_j and d_ij = ||x_i - c_j||^2:
 
 Open choices, as options: ``margin_sqdist`` m (squared-distance units), ``lambda_m``, ``normalize_features``,
 ``reduce`` (``hard_mean`` | ``all_mean``: divide by C - 1 | ``nearest``: only the nearest other centre).
-Computed from one N x C distance matrix, no loop over classes.
+Computed from N x C distances: one matrix on the plain path, or class chunks on the chunked one
+(:mod:`frtrain.heads.chunked`) when that matrix would exceed the memory budget.
 """
 
 from __future__ import annotations
@@ -39,10 +40,8 @@ class MarginLoss(SoftmaxWithCenters):
 
     def __init__(self, embedding_size: int, num_classes: int, margin_sqdist: float = 1.0, lambda_m: float = 1.0,
                  reduce: str = "hard_mean", normalize_features: bool = True, center_lr: float | None = None,
-                 sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, center_lr, normalize_features, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+                 **common):
+        super().__init__(embedding_size, num_classes, center_lr, normalize_features, **common)
         check_option("margin_sqdist", margin_sqdist, margin_sqdist >= 0.0, "a non-negative distance margin")
         check_option("lambda_m", lambda_m, lambda_m >= 0.0, "a non-negative weight")
         check_option("reduce", reduce, reduce in ("hard_mean", "all_mean", "nearest"), "'hard_mean', 'all_mean' or 'nearest'")

@@ -1,9 +1,11 @@
-"""Target-logit margins: psi(theta) of the margin heads, as functions and as small objects.
+"""Target-logit margins: psi(theta) of the margin heads, as small objects the margin-softmax head is given.
 
-Units are in the option names: ``margin_rad`` (an angle added to theta, radians), ``margin_cos`` (subtracted
-from the cosine), ``margin_mult`` (multiplies theta). The objects (:class:`ArcMargin`, :class:`CosMargin`,
-:class:`MagFaceMargin`) are what heads that wrap a margin take as their ``base`` (UNPG, IntraLoss), as a
-nested ``_target_`` node in the config.
+Units are in the option names, and each unit is range-checked in one place: :func:`angle` (``margin_rad``, radians
+added to theta), :func:`cosine` (``margin_cos``, subtracted from the cosine), :func:`multiplier` (``margin_mult``,
+multiplies theta). The objects (:class:`ArcMargin`, :class:`CosMargin`, :class:`Combined`, :class:`MagFaceMargin`) are
+what :class:`~frtrain.heads.classic.MarginSoftmax` takes as its ``margin``: ArcFace, CosFace, CombinedMargin and MagFace
+are presets that give it one (insightface's habit: one word for a margin), and UNPG and IntraLoss take theirs as
+``base``, a nested ``_target_`` node in the config.
 """
 
 from __future__ import annotations
@@ -15,6 +17,24 @@ import torch
 from frtrain.heads.class_vectors import check_option
 
 _ACOS_EPS = 1e-7
+
+
+def angle(value: float, key: str) -> float:
+    """An additive angular margin (radians), in [0, pi); ``key`` names the option in the error."""
+    check_option(key, value, 0.0 <= value < math.pi, "an angular margin in [0, pi) radians")
+    return float(value)
+
+
+def cosine(value: float, key: str) -> float:
+    """A cosine margin (subtracted from the target cosine), non-negative."""
+    check_option(key, value, value >= 0.0, "a non-negative cosine margin")
+    return float(value)
+
+
+def multiplier(value: float, key: str) -> float:
+    """A multiplicative angular margin, at least 1."""
+    check_option(key, value, value >= 1.0, "a multiplicative margin >= 1")
+    return float(value)
 
 
 def safe_acos(cos: torch.Tensor) -> torch.Tensor:
@@ -57,16 +77,16 @@ class Margin:
         return None
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items())
+        fields = ", ".join(f"{k}={v}" for k, v in vars(self).items() if k != "key")
         return f"{type(self).__name__}({fields})"
 
 
 class ArcMargin(Margin):
-    """ArcFace's margin: cos(theta + margin_rad), insightface's fallback beyond pi."""
+    """ArcFace's margin: cos(theta + margin_rad), insightface's fallback beyond pi. ``key``: the option's name in an
+    error (``base.margin_rad`` nested in UNPG/IntraLoss, ``margin_rad`` for ArcFace itself)."""
 
-    def __init__(self, margin_rad: float = 0.5):
-        check_option("base.margin_rad", margin_rad, 0.0 <= margin_rad < math.pi, "an angular margin in [0, pi) radians")
-        self.margin_rad = float(margin_rad)
+    def __init__(self, margin_rad: float = 0.5, key: str = "base.margin_rad"):
+        self.margin_rad, self.key = angle(margin_rad, key), key
 
     def target_logit(self, cos_t, norms):
         return combined_margin(cos_t, 1.0, self.margin_rad, 0.0)
@@ -75,12 +95,22 @@ class ArcMargin(Margin):
 class CosMargin(Margin):
     """CosFace's margin: cos(theta) - margin_cos."""
 
-    def __init__(self, margin_cos: float = 0.35):
-        check_option("base.margin_cos", margin_cos, margin_cos >= 0.0, "a non-negative cosine margin")
-        self.margin_cos = float(margin_cos)
+    def __init__(self, margin_cos: float = 0.35, key: str = "base.margin_cos"):
+        self.margin_cos, self.key = cosine(margin_cos, key), key
 
     def target_logit(self, cos_t, norms):
         return cos_t - self.margin_cos
+
+
+class Combined(Margin):
+    """insightface's combined margin: cos(m1*theta + m2) - m3 (m1 a multiplier, m2 radians, m3 cosine units); see
+    :func:`combined_margin` beyond theta = pi."""
+
+    def __init__(self, m1: float = 1.0, m2: float = 0.3, m3: float = 0.2):
+        self.m1, self.m2, self.m3 = multiplier(m1, "m1"), angle(m2, "m2"), cosine(m3, "m3")
+
+    def target_logit(self, cos_t, norms):
+        return combined_margin(cos_t, self.m1, self.m2, self.m3)
 
 
 class MagFaceMargin(Margin):

@@ -55,10 +55,8 @@ class NPTLoss(Head):
     """
 
     def __init__(self, embedding_size: int, num_classes: int, k: int = 1, delta: float = 0.5, radius: float = 1.0,
-                 target_fill: str = "neg_inf", sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
-        super().__init__(embedding_size, num_classes, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+                 target_fill: str = "neg_inf", **common):
+        super().__init__(embedding_size, num_classes, **common)
         check_option("k", k, 1 <= int(k) <= num_classes - 1, f"1 <= k <= num_classes - 1 = {num_classes - 1}")
         check_option("delta", delta, delta >= 0.0, "a non-negative margin")
         check_option("radius", radius, radius > 0.0, "a positive radius")

@@ -81,25 +81,17 @@ class UNPG(MarginSoftmax):
     """
 
     def __init__(self, embedding_size: int, num_classes: int, base: Margin | None = None,
-                 scale: float | str = "auto", r: float = 1.5, margin_grad: str = "autograd",
-                 sample_rate: float = 1.0,
-                 chunk_size: int | str = "auto", memory_budget_mb: float = 256.0, class_dtype: str = "float32"):
+                 scale: float | str = "auto", r: float = 1.5, margin_grad: str = "autograd", **common):
         from frtrain.heads.margins import CosMargin, MagFaceMargin
 
-        super().__init__(embedding_size, num_classes, scale, margin_grad, sample_rate,
-                chunk_size=chunk_size, memory_budget_mb=memory_budget_mb, class_dtype=class_dtype)
+        base = check_base(base, (ArcMargin, CosMargin, MagFaceMargin), "UNPG")
+        super().__init__(embedding_size, num_classes, scale, margin_grad, margin=base, **common)
         check_option("r", r, r >= 0.0, "a non-negative whisker length")
-        self.base = check_base(base, (ArcMargin, CosMargin, MagFaceMargin), "UNPG")
+        self.base = base
         self.r = float(r)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, base={self.base}, r={self.r}"
-
-    def target_logit(self, cos_t, norms):
-        return self.base.target_logit(cos_t, norms)
-
-    def extra_loss(self, m, y_all):
-        return self.base.regulariser(D.replicated(m.norms))
+        return f"{super().extra_repr()}, r={self.r}"
 
     def extra_logsumexp(self, x_all: torch.Tensor, y_all: torch.Tensor) -> torch.Tensor | None:
         """LSE over the kept batch negatives of s*t (a scalar), or None when the batch has one identity."""
