@@ -431,6 +431,7 @@ def validate_train(cfg: DictConfig) -> None:
         if node is not None:
             check_node(f"data.augment.{name}", node)
     check_benchmarks(cfg)
+    check_closed_set_split(cfg)
     dry_build("optim", cfg.optim)
     dry_build("sched", cfg.sched)
     warmup = cfg.sched.get("warmup_epochs")
@@ -462,12 +463,35 @@ def check_data_root(cfg: DictConfig) -> None:
     raise ConfigError(f"data.root={root}: no such directory (expected {layout})")
 
 
+def check_closed_set_split(cfg: DictConfig) -> None:
+    """A closed-set benchmark in training needs the whole head (one process: under torchrun the class vectors are
+    sharded over the ranks) and, on the training folder, must hold out what training leaves out (else its images are
+    trained on): the same root, fraction, seed and list in ``data`` and in the benchmark."""
+    data = cfg.get("data")
+    folder = data is not None and str(data.get("_target_")) == "frtrain.data.folder.FaceFolder"
+    for name, (where, node) in benchmark_nodes(cfg).items():
+        if str(node.get("_target_")) != "frtrain.evaluation.closed_set.closed_set_benchmark":
+            continue
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"{where}: closed-set accuracy needs the whole head, which is sharded over the "
+                              f"{os.environ['WORLD_SIZE']} processes here; score the checkpoint afterwards with "
+                              f"frtrain-eval model=<run> benchmarks=[{name}]")
+        if not folder or os.path.abspath(str(node.get("root"))) != os.path.abspath(str(data.get("root"))):
+            continue
+        for key, default in (("holdout_fraction", 0.0), ("holdout_seed", 0), ("holdout_list", None)):
+            if node.get(key, default) != data.get(key, default):
+                raise ConfigError(f"{where}.{key}={node.get(key, default)!r} but data.{key}={data.get(key, default)!r}: "
+                                  "the closed-set split must be what training leaves out; set both alike")
+
+
 def check_benchmarks(cfg: DictConfig) -> None:
     from frtrain.engine.build import check_node
 
     nodes = benchmark_nodes(cfg)
+    from frtrain.engine.build import BENCHMARK_OPTIONS
+
     for name, (where, node) in nodes.items():
-        check_node(where, node, name=name)
+        check_node(where, node, exclude=BENCHMARK_OPTIONS, name=name)
     select = cfg.eval.get("select")
     if select is not None and select not in nodes:
         raise ConfigError(f"eval.select={select!r} is not one of the benchmarks ({', '.join(nodes) or 'none'})")

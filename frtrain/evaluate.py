@@ -24,6 +24,7 @@ from frtrain import config
 from frtrain.cli import hydra_entry_point, run_directory
 from frtrain.engine.build import build_benchmarks, embed_options
 from frtrain.engine.model_files import load_model, resolve_checkpoint
+from frtrain.evaluation.closed_set import class_scorer
 from frtrain.evaluation.embed import Embedder, score_benchmarks
 from frtrain.evaluation.report import write_report
 from frtrain.runtime import resolve_device, resolve_precision, resolve_threads
@@ -43,6 +44,7 @@ def evaluate(cfg: DictConfig) -> dict:
     embedder = Embedder(model.to(device), device, autocast_dtype=resolve_precision(str(cfg.precision), device),
                         progress=True, model_key=f"{path}:{stat.st_size}:{stat.st_mtime_ns}",  # IJB embeddings resume
                         **embed_options(cfg.eval))
+    embedder.classifier = class_scorer(meta.get("head_state"))  # closed-set protocols: the checkpoint's head
     results = score_benchmarks(build_benchmarks(config.benchmark_nodes(cfg)), embedder)
     record = {"backbone": (meta.get("backbone") or {}).get("_target_"),
               "config": {"eval": OmegaConf.to_container(cfg.eval, resolve=True),

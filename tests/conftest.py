@@ -72,3 +72,38 @@ def insightface_tar_table(label, score, fars) -> dict[str, float]:
         _, min_index = min(list(zip(abs(fpr - x), range(len(fpr)))))
         out[f"{x:g}"] = float(tpr[min_index])
     return out
+
+
+class ProjectionModel:
+    """A fixed random projection of 24x24 pixels to 12 numbers (no bias): deterministic features that follow the
+    drawn identity somewhat, for the arithmetic of the protocols' tests."""
+
+    input_size, mean, std, embedding_size = (24, 24), (0.5,) * 3, (0.5,) * 3, 12
+
+    def __init__(self):
+        import torch
+
+        self.weight = torch.empty(12, 3 * 24 * 24).normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
+
+    def __call__(self, x):
+        return x.flatten(1) @ self.weight.T
+
+
+def projection_embedder(**kw):
+    """An :class:`frtrain.evaluation.embed.Embedder` of :class:`ProjectionModel` on the CPU, no flip."""
+    import torch
+
+    from frtrain.evaluation.embed import Embedder
+
+    return Embedder(ProjectionModel(), torch.device("cpu"), flip="none", batch_size=16, **kw)
+
+
+def unit_features(paths):
+    """(N, 12) float64 unit features of image files as the protocols score them, taken apart from the readers."""
+    import numpy as np
+
+    from frtrain.evaluation.benchmarks import FileImages
+
+    emb, _ = projection_embedder().embed(FileImages([str(p) for p in paths]), len(paths))
+    emb = emb.astype(np.float64)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)

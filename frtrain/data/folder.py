@@ -184,6 +184,37 @@ def select_identities(root: str, classes: list[str], paths: np.ndarray, labels: 
     return [c for c, k in zip(classes, keep) if k], paths[rows], new_label[labels[rows]].astype(np.int64)
 
 
+def holdout_mask(root: str, paths: np.ndarray, labels: np.ndarray, fraction: float = 0.0, seed: int = 0,
+                 holdout_list: str | None = None) -> np.ndarray:
+    """(N,) bool: the images held out of training (closed-set evaluation). Per class, ``round(fraction x n)`` images
+    (at least one when the fraction is positive and the class has two, never all) by a permutation seeded with
+    (seed, class); or the relative paths listed in ``holdout_list`` (one a line)."""
+    if holdout_list:
+        path = os.path.abspath(os.path.expanduser(str(holdout_list)))
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file (a list of held-out images, one relative path a line)")
+        with open(path, encoding="utf-8") as f:
+            listed = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+        names = np.array([p.decode() for p in paths])
+        mask = np.isin(names, np.array(sorted(listed)))
+        unknown = len(listed) - int(mask.sum())
+        if unknown:
+            raise DataError(f"{path}: {unknown} listed images are not in {root}")
+        return mask
+    if not 0.0 <= float(fraction) < 1.0:
+        raise ConfigError(f"holdout_fraction={fraction}: expected a fraction in [0, 1)")
+    mask = np.zeros(len(labels), bool)
+    if fraction <= 0:
+        return mask
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(len(idx) - 1, max(1, int(round(fraction * len(idx))))) if len(idx) > 1 else 0
+        if k > 0:
+            order = np.random.default_rng((int(seed), int(c))).permutation(len(idx))
+            mask[idx[order[:k]]] = True
+    return mask
+
+
 class FaceFolder(ImageDataset):
     """Training images from identity folders (samples as :class:`frtrain.data.base.ImageDataset` says).
 
@@ -198,6 +229,8 @@ class FaceFolder(ImageDataset):
             labels follow their sorted order.
         exclude_identities: leave these out (same forms): e.g. the people a benchmark scores.
         min_images_per_identity: drop identities with fewer images (after the two above).
+        holdout_fraction, holdout_seed, holdout_list: images held out of training for closed-set evaluation
+            (:func:`holdout_mask`; the ``closed_set`` benchmark reads the same split).
     """
 
     def __init__(
@@ -213,12 +246,18 @@ class FaceFolder(ImageDataset):
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         exclude_identities: str | Sequence[str] | Mapping[str, Any] | None = None,
         max_image_bytes: int = DEFAULT_MAX_BYTES,
+        holdout_fraction: float = 0.0,
+        holdout_seed: int = 0,
+        holdout_list: str | None = None,
     ):
         super().__init__(input_size, augment, on_corrupt, max_image_pixels, max_image_bytes)
         if root is None or str(root) in ("", "???"):
             raise ConfigError("data.root is not set: give the directory of identity folders, e.g. data.root=/data/casia")
         self.root = os.path.abspath(os.path.expanduser(str(root)))
         self.classes, self.paths, self.labels = load_index(self.root, cache_dir if index_cache else None)
+        if holdout_fraction or holdout_list:  # on the whole tree, so the closed_set benchmark finds the same split
+            keep = ~holdout_mask(self.root, self.paths, self.labels, holdout_fraction, holdout_seed, holdout_list)
+            self.paths, self.labels = self.paths[keep], self.labels[keep]
         if identities is not None or exclude_identities is not None or min_images_per_identity > 1:
             self.classes, self.paths, self.labels = select_identities(
                 self.root, self.classes, self.paths, self.labels, identities, int(min_images_per_identity),

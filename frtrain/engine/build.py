@@ -227,10 +227,24 @@ def dry_build(group: str, node, **runtime: Any) -> Any:
     return built
 
 
+#: options every pair benchmark takes besides its reader's: a CSV mapping images to groups, and the FAR of the
+#: global threshold of the per-group breakdown (:mod:`frtrain.evaluation.groups`)
+BENCHMARK_OPTIONS = ("groups", "groups_far")
+
+
 def build_benchmarks(nodes: dict) -> list:
     """The benchmarks of a command (``nodes``: name -> (config key, node), :func:`frtrain.config.benchmark_nodes`),
-    each built by its reader."""
-    return [build(where, node, name=name) for name, (where, node) in nodes.items()]
+    each built by its reader; ``groups: <csv>`` on any pair benchmark adds the per-group breakdown."""
+    built = []
+    for name, (where, node) in nodes.items():
+        bench = build(where, node, exclude=BENCHMARK_OPTIONS, name=name)
+        groups = node.get("groups")
+        if groups:
+            if not hasattr(bench, "with_groups"):
+                raise ConfigError(f"{where}.groups: {type(bench).__name__} is not a pair benchmark")
+            bench.with_groups(str(groups), float(node.get("groups_far") or 1e-3))
+        built.append(bench)
+    return built
 
 
 def embed_options(eval_cfg) -> dict:

@@ -43,6 +43,7 @@ def load_backbone(path: str, ckpt: dict | None = None) -> tuple[torch.nn.Module,
         raise CheckpointError(f"{path}: has no record of its backbone (meta.backbone); was it written by frtrain?")
     backbone = rebuild_backbone(meta["backbone"], path, ckpt["model"])
     load_state_checked(backbone, ckpt["model"], path, "backbone")
+    meta = dict(meta, head_state=ckpt.get("head"))  # closed-set protocols score with its class vectors
     return backbone.eval(), meta
 
 

@@ -82,8 +82,9 @@ class RunLog:
         for key, value in r.scalars().items():
             if value is not None:
                 self.writer.add_scalar(f"val/{name}/{key}", value, step)
-        self.writer.add_figure(f"val/{name}/roc", roc_figure(r), step)
-        log.info("step %d  %s: %s  auc %.4f", step, name, r.headline(), r.auc)
+        if r.roc.get("fpr"):  # protocols without pairs (identification) have no ROC
+            self.writer.add_figure(f"val/{name}/roc", roc_figure(r), step)
+        log.info("step %d  %s: %s", step, name, r.headline() + (f"  auc {r.auc:.4f}" if r.auc is not None else ""))
         self.history["eval"].append({**r.scalars(), "step": step, "benchmark": name, "accuracy": r.accuracy})
 
     def write_results(self, results: dict, state, best_checkpoint: str | None, train_seconds: float,

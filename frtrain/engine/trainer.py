@@ -344,6 +344,10 @@ class Trainer:
 
             embedder = Embedder(self.backbone, self.device, autocast_dtype=self.amp_dtype, image_cache=self.image_cache,
                                 **self.embed_options)
+            if D.world_size() == 1:  # closed-set protocols score with the whole head (sharded over ranks otherwise)
+                from frtrain.evaluation.closed_set import class_scorer
+
+                embedder.classifier = class_scorer(self.head.state_dict())
             results = score_benchmarks(self.benchmarks, embedder, skip=() if final else self.final_only)
             for name, r in results.items():
                 self.log.result(self.state.step, name, r)

@@ -21,6 +21,7 @@ from frtrain.data.images import center_crop, decode_image, read_image
 from frtrain.errors import DataError
 from frtrain.evaluation import metrics
 from frtrain.evaluation.binfile import read_bin
+from frtrain.evaluation.group_breakdown import breakdown, breakdown_lines, pair_groups_of, read_image_groups
 from frtrain.evaluation.metrics import kfold_ids
 from frtrain.evaluation.results import jsonable, pct
 
@@ -53,10 +54,23 @@ class PairBenchmark:
     skipped_pairs: int = 0
     notes: list[str] = field(default_factory=list)
     item_of_image: np.ndarray | None = None
+    #: the group of each pair (P,) for the breakdown at one global threshold (:mod:`frtrain.evaluation.groups`)
+    pair_groups: np.ndarray | None = None
+    groups_far: float = 1e-3
 
     @property
     def num_pairs(self) -> int:
         return len(self.issame)
+
+    def with_groups(self, groups_csv: str, far: float = 1e-3) -> "PairBenchmark":
+        """Group the pairs by a CSV mapping each image file to a group (the ``groups`` option of any pair benchmark
+        read from image files)."""
+        paths = getattr(self.load, "paths", None)
+        if paths is None or self.item_of_image is not None:
+            raise DataError(f"{self.source}: groups need pairs of image files (a .bin has no file names; YTF pairs videos)")
+        self.pair_groups = pair_groups_of(list(paths), self.pairs, read_image_groups(groups_csv), groups_csv)
+        self.groups_far = float(far)
+        return self
 
     def embeddings(self, embedder) -> tuple[np.ndarray, float | None]:
         """(embedding of every image, or of every video for YTF, (n, d'); XNorm) as the protocol scores them."""
@@ -80,6 +94,9 @@ class PairBenchmark:
                                      self.folds, embedder.thresholds, xnorm)
         result.skipped_pairs = self.skipped_pairs
         result.notes = list(self.notes) + result.notes
+        if self.pair_groups is not None:
+            result.groups = breakdown(result.per_pair["score"], self.issame, self.pair_groups, self.groups_far,
+                                      result.per_pair["correct"])
         result.seconds = time.perf_counter() - start
         return result
 
@@ -120,6 +137,8 @@ class PairResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     tar_rule: str = "strict"
+    #: the breakdown by group at one global threshold, when the benchmark groups its pairs (BFW, ``groups``)
+    groups: dict | None = None
     roc: dict[str, list[float]] = field(default_factory=dict, repr=False)
     #: per-pair arrays (N,): ``score`` (cosine), ``issame``, ``fold``, ``correct`` (at its fold's threshold)
     per_pair: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
@@ -142,6 +161,8 @@ class PairResult:
         if self.xnorm is not None:
             out["xnorm"] = self.xnorm
         out.update({f"tar@far={k}": v for k, v in self.tar_at_far.items() if v is not None})
+        for g, r in (self.groups or {}).get("groups", {}).items():
+            out.update({f"group/{g}/{k}": r[k] for k in ("tar", "fmr", "accuracy") if r.get(k) is not None})
         return out
 
     def headline(self) -> str:
@@ -157,7 +178,9 @@ class PairResult:
         return row
 
     def details(self) -> list[str]:
-        return []
+        if not self.groups:
+            return []
+        return breakdown_lines(self.name, self.groups)
 
 
 def verification_scores(name: str, emb1: np.ndarray, emb2: np.ndarray, issame, folds: np.ndarray,

@@ -165,6 +165,8 @@ class Embedder:
         self.memory_budget_mb, self.thresholds = float(memory_budget_mb), thresholds
         self.autocast_dtype, self.progress = autocast_dtype, progress
         self.image_cache, self.cache_max_bytes, self.model_key = image_cache, float(cache_max_bytes), model_key
+        #: (N, d) embeddings -> (N, C) class scores, for closed-set protocols (the head's; None: not available)
+        self.classifier = None
         self._forward_batch: int | None = None
 
     @property

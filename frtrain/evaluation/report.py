@@ -18,7 +18,9 @@ def roc_figure(results: BenchmarkResult | dict[str, BenchmarkResult]):
     many = isinstance(results, dict)
     fig, ax = plt.subplots(figsize=(5, 4.2) if many else (4.5, 4))
     for r in (results.values() if many else [results]):
-        label = f"{r.name}: {r.headline()}" + ("" if many else f", AUC {r.auc:.4f}")
+        if not r.roc.get("fpr"):  # protocols without pairs (identification) have no ROC
+            continue
+        label = f"{r.name}: {r.headline()}" + ("" if many or r.auc is None else f", AUC {r.auc:.4f}")
         ax.plot([max(f, 1e-6) for f in r.roc["fpr"]], r.roc["tpr"], label=label)
     ax.set_xscale("log")
     ax.set_xlim(1e-6 if any(r.num_impostors >= 1e6 for r in (results.values() if many else [results]))
@@ -48,7 +50,7 @@ def report_markdown(model: str, results: dict) -> str:
     """The report: one table per kind of result (results with the same columns, under the caption that says what
     the numbers are and the rules behind them), each result's further lines, the cosine thresholds users can deploy,
     and the notes. Any :class:`~frtrain.evaluation.results.BenchmarkResult` renders here as it is."""
-    lines = [f"# Verification of `{model}`", ""]
+    lines = [f"# Evaluation of `{model}`", ""]
     groups: dict[tuple, list] = {}
     for r in results.values():
         groups.setdefault(tuple(r.table()), []).append(r)
@@ -87,8 +89,9 @@ def write_report(out_dir: str, model: str, results: dict[str, BenchmarkResult], 
     table = report_markdown(model, results)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(table)
-    if roc_plots:
-        for name, r in results.items():
-            plot_roc(r, os.path.join(out_dir, f"roc_{name}.png"))
-        plot_roc(results, os.path.join(out_dir, "roc.png"))
+    with_roc = {n: r for n, r in results.items() if r.roc.get("fpr")}
+    if roc_plots and with_roc:
+        for name, r in with_roc.items():
+            plot_roc(r, os.path.join(out_dir, f"roc_{name.replace('/', '_')}.png"))
+        plot_roc(with_roc, os.path.join(out_dir, "roc.png"))
     return table

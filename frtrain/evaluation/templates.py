@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ import numpy as np
 from frtrain.data.images import read_image, resize_to
 from frtrain.evaluation import metrics
 from frtrain.evaluation.align import align_face
-from frtrain.evaluation.results import jsonable, pct
+from frtrain.evaluation.results import pct, result_dict
 
 log = logging.getLogger("frtrain")
 
@@ -242,11 +242,7 @@ class TemplateResult:
         return lines
 
     def to_dict(self, with_roc: bool = False) -> dict:
-        d = asdict(self)
-        d["accuracy"] = self.accuracy
-        if not with_roc:
-            d.pop("roc")
-        return jsonable(d)
+        return result_dict(self, with_roc)
 
 
 def score_templates(bench, embedder) -> TemplateResult:

@@ -9,10 +9,13 @@ Hydra overrides passed to every run, e.g. the data location:
     python -m frtrain.tools.reproduce npt_casia_r50 arcface_casia_r50 --run -- paths.datasets=/data
     python -m frtrain.tools.reproduce                    # every experiment: collect what has been run
 
-Writes a Markdown table (two columns per benchmark: reported, reproduced) to ``--out`` and the same
-data as JSON next to it. A reproduced cell says "not run" when the experiment has no results yet,
-"not evaluated" when the run did not score that benchmark, and "no protocol" when frtrain has no
-evaluator for it (IJB-C).
+Writes a Markdown table (two columns per cell: reported, reproduced) to ``--out``, then the protocol behind every
+cell, and the same data as JSON next to it. A cell of ``paper.reported`` is a benchmark's headline (``lfw``), its
+TAR at a FAR by insightface's rule (``ijbc_tar_at_far_1e-4``) or a value of its result by path
+(``megaface/sizes/1000000/rank1``); a reported value of null means the paper reports the cell but its number is not in
+frtrain's notes ("see paper"). A reproduced cell says "not run" when the experiment has no results yet, "not scored"
+when the experiment's benchmarks leave that protocol out, "not evaluated" when the run did not score it, and
+"no protocol" when frtrain has no evaluator for it (IFRT, insightface's undistributed test set).
 """
 
 from __future__ import annotations
@@ -53,12 +56,40 @@ def metric_of(key: str) -> tuple[str, float | None]:
     return (bench, float(far)) if sep else (key, None)
 
 
-def reproduced_value(final: dict, far: float | None):
-    """Percent: the benchmark's accuracy, or its TAR at ``far`` (insightface's rule, as papers report)."""
+def bench_of(key: str) -> str:
+    return key.split("/", 1)[0] if "/" in key else metric_of(key)[0]
+
+
+def reproduced_value(final: dict, key: str):
+    """Percent: the benchmark's accuracy, its TAR at the key's FAR (insightface's rule, as papers report) or the value
+    at the key's path in its result."""
+    if "/" in key:
+        value = final
+        for part in key.split("/")[1:]:
+            if not isinstance(value, dict) or part not in value:
+                return "not evaluated"
+            value = value[part]
+        return round(100.0 * value, 2) if isinstance(value, (int, float)) else "not evaluated"
+    _, far = metric_of(key)
     if far is None:
         return round(100.0 * final["accuracy"], 2)
     tars = {float(k): v for k, v in (final.get("tar_at_far") or {}).items()}
     return round(100.0 * tars[far], 2) if far in tars else "not evaluated"
+
+
+#: the protocol behind a cell, by the benchmark reader's name (written under each table)
+PROTOCOLS = {
+    "bin_benchmark": "insightface .bin, 10-fold accuracy as verification.py (flip-sum, threshold grid 0..4 step 0.01)",
+    "lfw_benchmark": "LFW pairs.txt, 10-fold accuracy as verification.py",
+    "ytf_benchmark": "YTF splits.txt, 5,000 video pairs in 10 splits, video = mean of frame embeddings",
+    "ijb_benchmark": "IJB 1:1 templates as eval_ijbc.py, TAR at FAR by insightface's rule",
+    "megaface_benchmark": "MegaFace Challenge 1 as the devkit (every probe/mate trial, ties against the mate; TAR at "
+                          "FAR 1e-6, strict rule), clean=insightface",
+    "rfw_benchmark": "RFW, 10-fold accuracy per group (the mean as headline)",
+    "tinyface_benchmark": "TinyFace, rank-k against Gallery_Match + Gallery_Distractor",
+}
+NO_PROTOCOL = {"ifrt": "no protocol: IFRT is insightface's own test set, not distributed (rfw scores the same four "
+                       "groups on another test set, not comparable)"}
 
 
 def collect(name: str, runs_dir: Path, overrides: list[str]) -> dict:
@@ -67,49 +98,58 @@ def collect(name: str, runs_dir: Path, overrides: list[str]) -> dict:
     if "paper" not in cfg:
         raise SystemExit(f"reproduce: configs/experiment/{name}.yaml has no 'paper' block")
     paper = cfg.paper
-    evaluated = list(cfg.eval.benchmarks) if cfg.eval.get("benchmarks") else []
+    nodes = dict(cfg.eval.benchmarks) if cfg.eval.get("benchmarks") else {}
+    evaluated = list(nodes)
     results_file = runs_dir / name / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else None
     reported = {str(k): v for k, v in paper.reported.items()}
     row = {"experiment": name, "table": str(paper.table), "method": str(paper.method), "reported": reported,
-           "reproduced": {}, "run": str(runs_dir / name) if results else None}
+           "reproduced": {}, "protocols": {}, "run": str(runs_dir / name) if results else None}
     cells = list(reported) + [b for b in evaluated if b not in reported and not any(
-        metric_of(k)[0] == b for k in reported)]
+        bench_of(k) == b for k in reported)]
     for key in cells:
-        bench, far = metric_of(key)
-        if bench not in evaluated:
-            row["reproduced"][key] = "no protocol"
-        elif results is None:
+        bench = bench_of(key)
+        if bench in NO_PROTOCOL or bench not in evaluated:
+            row["reproduced"][key] = "no protocol" if bench in NO_PROTOCOL else "not scored"
+            row["protocols"][key] = NO_PROTOCOL.get(bench, "not in this experiment's benchmarks")
+            continue
+        target = str(nodes[bench].get("_target_", "")).rsplit(".", 1)[-1]
+        row["protocols"][key] = PROTOCOLS.get(target, target)
+        if results is None:
             row["reproduced"][key] = "not run"
         elif bench not in results.get("final", {}):
             row["reproduced"][key] = "not evaluated"
         else:
-            row["reproduced"][key] = reproduced_value(results["final"][bench], far)
+            row["reproduced"][key] = reproduced_value(results["final"][bench], key)
     if results:
         row["steps"], row["train_hours"] = results.get("steps"), round(results.get("train_seconds", 0) / 3600, 2)
     return row
 
 
-def _cell(value) -> str:
+def _cell(value, reported: bool = False) -> str:
     if value is None:
-        return "—"
+        return "see paper" if reported else "—"
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
 def markdown(rows: list[dict]) -> str:
+    """One table per paper table: a row per cell (reported and reproduced for each method, then the protocol)."""
     lines = ["# Paper tables: reported and reproduced", "",
-             "Written by `python -m frtrain.tools.reproduce`. Accuracy in percent (IJB-C: TAR at FAR = 1e-4); "
-             "reported = the paper's number, reproduced = frtrain's run of the same setting.", ""]
+             "Written by `python -m frtrain.tools.reproduce`. Percent; reported = the paper's number (\"see paper\": "
+             "the paper reports the cell, its number is not in frtrain's notes), reproduced = frtrain's run of the "
+             "same setting; the last column names the protocol behind the cell.", ""]
     for table in dict.fromkeys(r["table"] for r in rows):
         group = [r for r in rows if r["table"] == table]
-        benches = list(dict.fromkeys(b for r in group for b in r["reproduced"]))
+        cells = list(dict.fromkeys(b for r in group for b in r["reproduced"]))
         lines += [f"## {table}", "",
-                  "| method | experiment | " + " | ".join(f"{b} reported | {b} reproduced" for b in benches) + " |",
-                  "|---|---|" + "---:|---:|" * len(benches)]
-        for r in group:
-            cells = [f"{_cell(r['reported'].get(b))} | {_cell(r['reproduced'].get(b))}" for b in benches]
-            lines.append(f"| {r['method']} | `{r['experiment']}` | " + " | ".join(cells) + " |")
-        lines.append("")
+                  "| cell | " + " | ".join(f"{r['method']}: reported | reproduced" for r in group) + " | protocol |",
+                  "|---|" + "---:|---:|" * len(group) + "---|"]
+        for c in cells:
+            values = [f"{_cell(r['reported'].get(c), c in r['reported'])} | {_cell(r['reproduced'].get(c))}"
+                      for r in group]
+            protocol = next(r["protocols"][c] for r in group if c in r["protocols"])
+            lines.append(f"| {c} | " + " | ".join(values) + f" | {protocol} |")
+        lines += ["", "Experiments: " + "; ".join(f"{r['method']} = `{r['experiment']}`" for r in group) + ".", ""]
     return "\n".join(lines)
 
 
