@@ -126,6 +126,7 @@ class EvalConfig:
     threads: Union[int, str] = "auto"
     memory_budget_mb: int = 300  # activation memory of one CPU forward pass (batch_size=auto)
     final_only: List[str] = field(default_factory=list)  # benchmark names scored only after the last step
+    intervals: int = 1000  # cluster-bootstrap resamples for each headline's 95% interval (0: no intervals)
     benchmarks: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,6 +139,8 @@ class EvalConfig:
         _require(self.threads == "auto" or (isinstance(self.threads, int) and self.threads >= 1), "eval.threads", self.threads,
                  "auto or a positive integer")
         _require(self.memory_budget_mb >= 16, "eval.memory_budget_mb", self.memory_budget_mb, "at least 16 (MiB)")
+        _require(self.intervals == 0 or self.intervals >= 100, "eval.intervals", self.intervals,
+                 "0 (no intervals) or at least 100 resamples")
 
 
 @dataclass

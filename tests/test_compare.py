@@ -11,7 +11,7 @@ from scipy import stats
 
 from frtrain.compare import main, parse
 from frtrain.errors import ConfigError
-from frtrain.evaluation.comparison import bootstrap_differences, mean_ci, paired_bootstrap
+from frtrain.evaluation.paired_stats import bootstrap_differences, mean_ci, paired_bootstrap
 
 
 def test_mean_ci_is_the_student_t_interval():
@@ -22,13 +22,24 @@ def test_mean_ci_is_the_student_t_interval():
     assert mean_ci([0.7]) == (0.7, 0.7, 0.7)
 
 
-def _independent_resamples(d, seed, batches):
-    """The resampled means, drawn as bootstrap_differences documents and indexed explicitly, one loop per resample."""
+def _independent_resamples(d, seed, batches, clusters=None):
+    """The resampled means, drawn as bootstrap_differences documents (per batch: seeds (b, S), then clusters (b, C))
+    and weighted explicitly, one loop per resample: a pair counts m_a (one person) or m_a m_b (two) times."""
     g, out = np.random.default_rng(seed), []
     ns, np_ = d.shape
+    clusters = np.repeat(np.arange(np_)[:, None], 2, 1) if clusters is None else clusters
+    c_count = clusters.max() + 1
     for size in batches:
-        s, p = g.integers(0, ns, (size, ns)), g.integers(0, np_, (size, np_))
-        out += [d[s[k]][:, p[k]].mean() for k in range(size)]
+        s, c = g.integers(0, ns, (size, ns)), g.integers(0, c_count, (size, c_count))
+        for k in range(size):
+            m = np.bincount(c[k], minlength=c_count)
+            total, weight = 0.0, 0.0
+            for p in range(np_):
+                a, b = clusters[p]
+                w = m[a] if a == b else m[a] * m[b]
+                weight += w
+                total += w * sum(d[seed_row, p] for seed_row in s[k])
+            out.append(total / (ns * weight))
     return np.asarray(out)
 
 
@@ -36,14 +47,19 @@ def test_bootstrap_equals_an_independent_resampling_loop():
     rng = np.random.default_rng(1)
     a, b = rng.random((3, 40)) < 0.8, rng.random((3, 40)) < 0.7
     d = a.astype(float) - b
-    got = bootstrap_differences(d, resamples=250, seed=5, batch=100)
+    got = bootstrap_differences(d, resamples=250, seed=5, batch=100)  # each pair its own cluster
     np.testing.assert_allclose(got, _independent_resamples(d, 5, (100, 100, 50)), rtol=0, atol=1e-12)
+    people = rng.integers(0, 12, (40, 2))
+    people[:15, 1] = people[:15, 0]  # genuine pairs: one person
+    got = bootstrap_differences(d, people, resamples=120, seed=3, batch=50)
+    np.testing.assert_allclose(got, _independent_resamples(d, 3, (50, 50, 20), people), rtol=0, atol=1e-12)
     r = paired_bootstrap(a, b, resamples=250, seed=5)  # one batch of 250
     boot = _independent_resamples(d, 5, (250,))
     assert r.difference == pytest.approx(d.mean())
     assert (r.low, r.high) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
     far = np.sum(boot <= 0) if d.mean() > 0 else np.sum(boot >= 0)
     assert r.p_value == pytest.approx(min(1.0, 2 * (1 + far) / 251))
+    assert r.detectable == pytest.approx((1.959964 + 0.841621) * np.std(boot, ddof=1), rel=1e-5)
 
 
 def test_a_planted_difference_is_found_and_a_null_one_is_not():
@@ -236,7 +252,7 @@ def test_an_npz_whose_header_claims_more_than_it_holds_is_refused_before_allocat
 
 def test_a_tar_interval_over_seeds_stays_within_zero_and_one():
     """Before: the Student-t interval of TARs near 1 (or 0) ran past the ends of [0, 1]."""
-    from frtrain.evaluation.comparison import proportion_ci
+    from frtrain.evaluation.paired_stats import proportion_ci
 
     for values in ([0.999, 1.0, 0.997], [0.0, 0.004, 0.001], [0.5, 0.9, 0.2]):
         m, lo, hi = proportion_ci(values, 3000)

@@ -249,6 +249,7 @@ def build_benchmarks(nodes: dict) -> list:
 
 def embed_options(eval_cfg) -> dict:
     """The :class:`~frtrain.evaluation.embed.Embedder` settings of an ``eval`` node (flip, images per forward pass,
-    decoding workers, the CPU activation budget, the threshold search of pair protocols)."""
+    decoding workers, the CPU activation budget, the threshold search of pair protocols, the interval resamples)."""
     return {"flip": str(eval_cfg.flip), "batch_size": eval_cfg.batch_size, "num_workers": int(eval_cfg.num_workers),
-            "memory_budget_mb": float(eval_cfg.get("memory_budget_mb", 300)), "thresholds": str(eval_cfg.thresholds)}
+            "memory_budget_mb": float(eval_cfg.get("memory_budget_mb", 300)), "thresholds": str(eval_cfg.thresholds),
+            "interval_resamples": int(eval_cfg.get("intervals", 1000))}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -22,8 +22,10 @@ from frtrain.errors import DataError
 from frtrain.evaluation import metrics
 from frtrain.evaluation.binfile import read_bin
 from frtrain.evaluation.group_breakdown import breakdown, breakdown_lines, pair_groups_of, read_image_groups
+from frtrain.evaluation.intervals import (ClusteredInterval, dense_clusters, kfold_accuracy_interval,
+                                         linked_image_clusters)
 from frtrain.evaluation.metrics import kfold_ids
-from frtrain.evaluation.results import jsonable, pct
+from frtrain.evaluation.results import pct, result_dict
 
 
 @dataclass
@@ -57,10 +59,24 @@ class PairBenchmark:
     #: the group of each pair (P,) for the breakdown at one global threshold (:mod:`frtrain.evaluation.groups`)
     pair_groups: np.ndarray | None = None
     groups_far: float = 1e-3
+    #: (P, 2) the identity cluster of each pair's two sides (0..num_clusters-1) for the interval; None: the images
+    #: linked by genuine pairs (:mod:`frtrain.evaluation.intervals`)
+    pair_clusters: np.ndarray | None = None
+    num_clusters: int = 0
+    cluster_unit: str = ""
 
     @property
     def num_pairs(self) -> int:
         return len(self.issame)
+
+    def clusters(self) -> tuple[np.ndarray, int, str]:
+        """((P, 2) cluster of each pair's sides, C, unit): the people where the reader knows them, else the images
+        linked by genuine pairs."""
+        if self.pair_clusters is not None:
+            return self.pair_clusters, self.num_clusters, self.cluster_unit
+        items = self.num_images if self.item_of_image is None else int(self.item_of_image.max()) + 1
+        linked, count = linked_image_clusters(self.pairs, self.issame, items)
+        return linked, count, "images linked by genuine pairs (the benchmark names no people)"
 
     def with_groups(self, groups_csv: str, far: float = 1e-3) -> "PairBenchmark":
         """Group the pairs by a CSV mapping each image file to a group (the ``groups`` option of any pair benchmark
@@ -91,7 +107,8 @@ class PairBenchmark:
         start = time.perf_counter()
         emb, xnorm = self.embeddings(embedder)
         result = verification_scores(self.name, emb[self.pairs[:, 0]], emb[self.pairs[:, 1]], self.issame,
-                                     self.folds, embedder.thresholds, xnorm)
+                                     self.folds, embedder.thresholds, xnorm, clusters=self.clusters(),
+                                     resamples=getattr(embedder, "interval_resamples", 0))
         result.skipped_pairs = self.skipped_pairs
         result.notes = list(self.notes) + result.notes
         if self.pair_groups is not None:
@@ -142,17 +159,17 @@ class PairResult:
     roc: dict[str, list[float]] = field(default_factory=dict, repr=False)
     #: per-pair arrays (N,): ``score`` (cosine), ``issame``, ``fold``, ``correct`` (at its fold's threshold)
     per_pair: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    #: the accuracy's 95% interval from the cluster bootstrap over identities (None when not computed)
+    interval: ClusteredInterval | None = None
 
     caption = ("Pair benchmarks: accuracy is insightface's 10-fold protocol (a threshold per fold chosen on the other "
-               "folds); TAR@FAR by the strict rule (the best TPR with FPR at most the target; — with fewer than 1/FAR "
+               "folds); its 95% interval is a cluster bootstrap over the unit named beside it (pairs of a resampled "
+               "person kept with its multiplicity, impostor pairs when both people are drawn, thresholds chosen again "
+               "per resample on the other folds); ± std is over the 10 folds; TAR@FAR by the strict rule (the best TPR with FPR at most the target; — with fewer than 1/FAR "
                "impostor pairs); threshold: the mean chosen distance 2 - 2cos.")
 
     def to_dict(self, with_roc: bool = False) -> dict:
-        d = asdict(self)
-        d.pop("per_pair")
-        if not with_roc:
-            d.pop("roc")
-        return jsonable(d)
+        return result_dict(self, with_roc)
 
     def scalars(self) -> dict[str, float]:
         """What TensorBoard gets: the summary numbers by name."""
@@ -166,10 +183,13 @@ class PairResult:
         return out
 
     def headline(self) -> str:
-        return f"accuracy {100 * self.accuracy:.2f}% ± {100 * self.accuracy_std:.2f}"
+        interval = f" (95% {self.interval.text()})" if self.interval else ""
+        return f"accuracy {100 * self.accuracy:.2f}% ± {100 * self.accuracy_std:.2f}{interval}"
 
     def table(self) -> dict[str, str]:
         row = {"benchmark": self.name, "pairs": str(self.num_pairs), "accuracy (%)": f"{100 * self.accuracy:.2f}",
+               "95% interval": self.interval.text() if self.interval else "—",
+               "resampled": f"{self.interval.clusters} {self.interval.unit}" if self.interval else "—",
                "± std": f"{100 * self.accuracy_std:.2f}"}
         row.update({f"TAR@FAR={float(f):g} (strict)": pct(self.tar_at_far.get(f)) for f in PAIR_TABLE_FARS})
         row.update({"AUC": f"{self.auc:.4f}", "EER (%)": f"{100 * self.eer:.2f}", "threshold": f"{self.threshold:.3f}",
@@ -184,8 +204,10 @@ class PairResult:
 
 
 def verification_scores(name: str, emb1: np.ndarray, emb2: np.ndarray, issame, folds: np.ndarray,
-                        thresholds: str = "grid", xnorm: float | None = None) -> PairResult:
-    """All metrics of one benchmark from the two embeddings of each pair (any scale; normalised here)."""
+                        thresholds: str = "grid", xnorm: float | None = None, clusters=None,
+                        resamples: int = 0) -> PairResult:
+    """All metrics of one benchmark from the two embeddings of each pair (any scale; normalised here); with
+    ``clusters`` ((P, 2) ids, C, unit) and ``resamples`` > 0, the accuracy's cluster-bootstrap interval."""
     issame = np.asarray(issame, dtype=bool)
     if issame.all() or not issame.any():
         raise DataError(f"{name}: needs both matched and mismatched pairs to score")
@@ -203,16 +225,37 @@ def verification_scores(name: str, emb1: np.ndarray, emb2: np.ndarray, issame, f
         fold_accuracies=[float(a) for a in accs], threshold=float(np.mean(chosen)), tar_at_far=tars,
         auc=curve.auc, eer=curve.eer, xnorm=xnorm, notes=notes, num_impostors=num_neg,
         far_thresholds={f"{far:g}": metrics.threshold_at_far(score[~issame], far) for far in metrics.THRESHOLD_FARS},
-        roc={"fpr": curve.fpr, "tpr": curve.tpr}, per_pair=per_pair_outcomes(dist, issame, np.asarray(folds), chosen))
+        roc={"fpr": curve.fpr, "tpr": curve.tpr},
+        per_pair=per_pair_outcomes(dist, issame, np.asarray(folds), chosen, None if clusters is None else clusters[0]),
+        interval=accuracy_interval(dist, issame, folds, thresholds, clusters, resamples))
 
 
-def per_pair_outcomes(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray, chosen: np.ndarray) -> dict:
-    """Each pair's cosine, label, fold and whether its fold's threshold (``chosen``, one per sorted fold value)
-    classifies it correctly: what paired comparisons of two models need (frtrain-compare)."""
+def accuracy_interval(dist, issame, folds, thresholds, clusters, resamples: int) -> ClusteredInterval | None:
+    """The 10-fold accuracy's cluster-bootstrap interval; ``thresholds=exact`` resamples choose among the cuts
+    between all distinct distances."""
+    if clusters is None or resamples <= 0:
+        return None
+    ids, count, unit = clusters
+    if isinstance(thresholds, str) and thresholds == "exact":
+        d = np.unique(dist)
+        grid = np.r_[d[0], (d[1:] + d[:-1]) / 2.0, np.nextafter(d[-1], np.inf)]
+    else:
+        grid = None if isinstance(thresholds, str) else np.asarray(thresholds)
+    return kfold_accuracy_interval(dist, issame, folds, ids, count, unit, grid, resamples)
+
+
+def per_pair_outcomes(dist: np.ndarray, issame: np.ndarray, folds: np.ndarray, chosen: np.ndarray,
+                      clusters: np.ndarray | None = None) -> dict:
+    """Each pair's cosine, label, fold, whether its fold's threshold (``chosen``, one per sorted fold value)
+    classifies it correctly and (with ``clusters`` (P, 2)) its sides' identity clusters: what paired comparisons of
+    two models need (frtrain-compare)."""
     fold_values = np.unique(folds)
     threshold = np.asarray(chosen)[np.searchsorted(fold_values, folds)]
-    return {"score": (1.0 - dist / 2.0).astype(np.float32), "issame": issame.astype(bool),
-            "fold": folds.astype(np.int16), "correct": (dist < threshold) == issame}
+    out = {"score": (1.0 - dist / 2.0).astype(np.float32), "issame": issame.astype(bool),
+           "fold": folds.astype(np.int16), "correct": (dist < threshold) == issame}
+    if clusters is not None:
+        out["cluster_a"], out["cluster_b"] = (np.asarray(clusters[:, k], dtype=np.int32) for k in (0, 1))
+    return out
 
 
 class _BinImages:
@@ -266,9 +309,15 @@ class FileImages:
         return center_crop(read_image(self.paths[i]), self.crop)
 
 
+def parent_folder(path: str) -> str:
+    """The person of an image in an identity-folder layout: its folder's name."""
+    return os.path.basename(os.path.dirname(path))
+
+
 def file_pair_benchmark(name: str, source: str, file_pairs: list[tuple[str, str]], issame: list[bool],
                         folds: list[int], where: list[str], crop=None, skip_missing: bool = False,
-                        notes: list[str] | None = None) -> PairBenchmark:
+                        notes: list[str] | None = None, identity_of: Callable[[str], str] = parent_folder,
+                        unit: str = "people (the images' folders)") -> PairBenchmark:
     """A benchmark from pairs of image paths; each distinct file is decoded once. The readers of LFW, CFP and
     CSV pair lists are built on it.
 
@@ -276,6 +325,7 @@ def file_pair_benchmark(name: str, source: str, file_pairs: list[tuple[str, str]
         where: for each pair, where it came from (``file:line``), for the missing-image error.
         skip_missing: drop (and count) pairs with a missing image instead of failing; a benchmark left with
             no pair at all is an error all the same (a wrong root, not a few missing files).
+        identity_of: an image path -> its person, the unit the interval resamples (``unit`` names it).
     """
     index: dict[str, int] = {}
     rows, same, fold, skipped, notes = [], [], [], 0, list(notes or [])
@@ -298,6 +348,10 @@ def file_pair_benchmark(name: str, source: str, file_pairs: list[tuple[str, str]
     if same.all() or not same.any():
         raise DataError(f"{source}: its usable pairs are all {'same' if same.all() else 'different'}-person pairs; "
                         "scoring needs both kinds")
-    return PairBenchmark(name=name, num_images=len(index), load=FileImages(list(index), crop),
-                         pairs=np.asarray(rows, dtype=np.int64).reshape(-1, 2), issame=same,
-                         folds=np.asarray(fold, dtype=np.int64), source=source, skipped_pairs=skipped, notes=notes)
+    pairs = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+    people = [identity_of(f) for f in index]
+    clusters, count = dense_clusters([[people[a], people[b]] for a, b in pairs])
+    return PairBenchmark(name=name, num_images=len(index), load=FileImages(list(index), crop), pairs=pairs, issame=same,
+                         folds=np.asarray(fold, dtype=np.int64), source=source, skipped_pairs=skipped, notes=notes,
+                         pair_clusters=clusters, num_clusters=count, cluster_unit=unit)
+

@@ -95,4 +95,10 @@ def cfp_benchmark(root: str, protocol: str = "FP", name: str | None = None, num_
                 folds.append(fold)
                 where.append(f"{path}:{lineno}")
     return file_pair_benchmark(name or f"cfp_{protocol.lower()}", split_dir, file_pairs, issame, folds, where,
-                               crop=crop, skip_missing=skip_missing)
+                               crop=crop, skip_missing=skip_missing, identity_of=cfp_person,
+                               unit="people (CFP's Data/Images/<id>)")
+
+
+def cfp_person(path: str) -> str:
+    """CFP's ``Data/Images/<id>/{frontal,profile}/<n>.jpg``: the person is the folder above the pose."""
+    return os.path.basename(os.path.dirname(os.path.dirname(path)))

@@ -2,118 +2,33 @@
 seeds, and the paired differences between heads with bootstrap intervals (what frtrain-compare reports; the grid
 itself is run by :mod:`frtrain.compare`; the Markdown and the plots are :mod:`frtrain.evaluation.comparison_report`).
 
-Inputs are per-pair outcomes: for one model (a head at a seed), ``correct`` (P,) says whether each benchmark pair
-was classified correctly at its fold's threshold (``pairs/<benchmark>.npz`` of a run). Two heads are compared on
-the same pairs and the same seeds, so each (seed, pair) gives a paired difference in {-1, 0, 1}. TAR at FAR is the
-strict rule (:mod:`frtrain.evaluation.metrics`), where every split has at least 1/FAR impostor pairs, with an
-interval over seeds that stays within [0, 1] (:func:`proportion_ci`).
+Inputs are per-pair outcomes (``pairs/<benchmark>.npz`` of a run): for one model (a head at a seed), each pair's
+``score``, ``issame``, the identity clusters of its two sides (``cluster_a``, ``cluster_b``) and, for pair protocols,
+``correct`` (classified correctly at its fold's threshold). Two heads are compared on the same pairs and seeds. The
+paired difference is resampled over seeds and over identity clusters (the cluster bootstrap of
+:mod:`frtrain.evaluation.intervals`: a pair is kept with its people's multiplicities), so pairs that share people are
+not counted as independent; pair protocols compare accuracy, template protocols (IJB) compare TAR@FAR=1e-4 by
+insightface's rule, recomputed on every resample. Each difference comes with the smallest difference these seeds and
+pairs can detect at 80% power. TAR at FAR per head is the strict rule (:mod:`frtrain.evaluation.metrics`), where
+every split has at least 1/FAR impostor pairs, with an interval over seeds that stays within [0, 1]
+(:func:`proportion_ci`).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from frtrain.errors import DataError
 from frtrain.evaluation import metrics
+from frtrain.evaluation.paired_stats import mean_ci, paired_bootstrap, paired_tar_bootstrap, proportion_ci
 from frtrain.safe_files import read_json, read_npz, read_yaml
 
 #: config keys that legitimately differ between the runs of one split
 PER_RUN_KEYS = ("head", "seed", "output_dir", "trainer.resume")
-
-
-def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): Student-t interval of the mean of ``values`` (one per seed); low = high = mean for one."""
-    v = np.asarray(values, dtype=np.float64)
-    m = float(v.mean())
-    if v.size < 2:
-        return m, m, m
-    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-    return m, m - half, m + half
-
-
-@dataclass
-class PairedDifference:
-    """Head A minus head B, in accuracy (fraction), from a paired bootstrap."""
-
-    difference: float  # observed: mean over seeds and pairs of correct_A - correct_B
-    low: float  # the bootstrap interval (percentiles)
-    high: float
-    p_value: float  # two-sided: how often the resampled difference falls on the other side of zero (x2)
-    seeds: int
-    pairs: int
-    resamples: int
-
-    @property
-    def verdict(self) -> str:
-        if self.low > 0:
-            return "A better"
-        if self.high < 0:
-            return "B better"
-        return "not distinguishable at this size"
-
-
-def bootstrap_differences(diff: np.ndarray, resamples: int = 10_000, seed: int = 0, batch: int = 500) -> np.ndarray:
-    """Resampled mean differences (``resamples``,) of a (seeds, pairs) matrix of paired differences.
-
-    Each resample draws seeds and pairs independently with replacement and takes the mean of the differences of
-    the drawn (seed, pair) grid. Draws, per batch of ``batch`` resamples: ``S = rng.integers(0, seeds, (b, seeds))``
-    then ``P = rng.integers(0, pairs, (b, pairs))`` from ``numpy.random.default_rng(seed)``; resample k of the
-    batch is ``diff[S[k]][:, P[k]].mean()`` (computed here through counts: (counts_S @ diff) . counts_P).
-    """
-    d = np.asarray(diff, dtype=np.float64)
-    if d.ndim != 2 or d.size == 0:
-        raise ValueError(f"paired differences must be a non-empty (seeds, pairs) matrix, got shape {d.shape}")
-    ns, np_ = d.shape
-    rng = np.random.default_rng(seed)
-    out = np.empty(resamples)
-    for start in range(0, resamples, batch):
-        b = min(batch, resamples - start)
-        s = rng.integers(0, ns, (b, ns))
-        p = rng.integers(0, np_, (b, np_))
-        seed_counts = np.bincount((s + ns * np.arange(b)[:, None]).ravel(), minlength=b * ns).reshape(b, ns)
-        pair_counts = np.bincount((p + np_ * np.arange(b)[:, None]).ravel(), minlength=b * np_).reshape(b, np_)
-        out[start:start + b] = ((seed_counts @ d) * pair_counts).sum(axis=1) / (ns * np_)
-    return out
-
-
-def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = 10_000, seed: int = 0,
-                     level: float = 0.95) -> PairedDifference:
-    """Accuracy difference A - B with its bootstrap interval and p-value.
-
-    ``correct_a``, ``correct_b``: (seeds, pairs) booleans, row s of both from the same seed, column p the same pair.
-    p-value: ``min(1, 2 * (1 + #resamples on the far side of zero) / (1 + resamples))``, the two-sided test that
-    inverts the percentile interval.
-    """
-    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired outcomes need the same (seeds, pairs) shape, got {a.shape} and {b.shape}")
-    d = a - b
-    boot = bootstrap_differences(d, resamples, seed)
-    low, high = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
-    observed = float(d.mean())
-    far_side = np.sum(boot <= 0) if observed > 0 else np.sum(boot >= 0) if observed < 0 else resamples
-    p = min(1.0, 2.0 * (1 + far_side) / (1 + resamples))
-    return PairedDifference(observed, float(low), float(high), float(p), d.shape[0], d.shape[1], resamples)
-
-
-def proportion_ci(values, n: int, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of per-seed proportions (a TAR: k of ``n`` genuine pairs accepted) that stays within [0, 1]:
-    the Student-t interval over seeds on the logit scale, each proportion taken as (k + 0.5) / (n + 1) there (so 0
-    and 1 have a logit), mapped back. The mean is the plain mean of the values; one value gives (v, v, v)."""
-    v = np.asarray(values, dtype=np.float64)
-    m = float(v.mean())
-    if v.size < 2:
-        return m, m, m
-    adjusted = (v * n + 0.5) / (n + 1.0)
-    logits = np.log(adjusted / (1.0 - adjusted))
-    centre, low, high = mean_ci(logits, level)
-    expit = lambda x: float(1.0 / (1.0 + np.exp(-x)))  # noqa: E731
-    return m, min(m, expit(low)), max(m, expit(high))
 
 
 @dataclass
@@ -124,21 +39,31 @@ class Run:
     split: str
     config: dict
     results: dict
+    _pairs: dict = field(default_factory=dict, repr=False, compare=False)  # benchmark -> arrays, read once
 
     def pairs(self, benchmark: str) -> dict | None:
-        """Each pair's ``issame``, ``score``, ``correct`` (and ``fold``) at the final evaluation, or None."""
+        """Each pair's ``issame``, ``score``, (for pair protocols) ``correct``, and ``fold``, ``cluster_a``,
+        ``cluster_b`` where the run wrote them, at the final evaluation; None if the run has none."""
+        if benchmark in self._pairs:
+            return self._pairs[benchmark]
         f = self.path / "pairs" / f"{benchmark}.npz"
         if not f.is_file():
             return None
         arrays = read_npz(f)
-        missing = [k for k in ("issame", "score", "correct") if k not in arrays]
+        missing = [k for k in ("issame", "score") if k not in arrays]
         if missing:
             raise DataError(f"{f}: has no {missing[0]!r} array (each pair's outcome, as frtrain-train writes it)")
         n = len(arrays["issame"])
         for key, value in arrays.items():
             if value.ndim != 1 or len(value) != n:
                 raise DataError(f"{f}: array {key!r} has shape {value.shape}, expected ({n},) like 'issame'")
-        arrays["issame"], arrays["correct"] = arrays["issame"].astype(bool), arrays["correct"].astype(bool)
+        arrays["issame"] = arrays["issame"].astype(bool)
+        if "correct" in arrays:
+            arrays["correct"] = arrays["correct"].astype(bool)
+        for key in ("cluster_a", "cluster_b"):
+            if key in arrays and (arrays[key].dtype.kind not in "iu" or (arrays[key] < 0).any()):
+                raise DataError(f"{f}: array {key!r} must hold non-negative integers (identity clusters)")
+        self._pairs[benchmark] = arrays
         return arrays
 
 
@@ -225,19 +150,45 @@ def recipe_differences(runs: list[Run]) -> list[str]:
 # -- the report --------------------------------------------------------------------------------------------------
 
 
-def outcomes(runs: list[Run], head: str, benchmark: str, seeds: list[int], splits: list[str]) -> np.ndarray | None:
-    """(seeds, pairs) correctness of ``head`` on ``benchmark``, the splits' pairs concatenated; None if incomplete."""
+def outcomes(runs: list[Run], head: str, benchmark: str, seeds: list[int], splits: list[str],
+             key: str = "correct") -> np.ndarray | None:
+    """(seeds, pairs) of ``key`` (``correct``, or ``score`` for template protocols) of ``head`` on ``benchmark``, the
+    splits' pairs concatenated; None if incomplete."""
     rows = []
     for seed in seeds:
         parts = []
         for split in splits:
             run = next((r for r in runs if (r.head, r.seed, r.split) == (head, seed, split)), None)
             pairs = run.pairs(benchmark) if run else None
-            if pairs is None:
+            if pairs is None or key not in pairs:
                 return None
-            parts.append(pairs["correct"])
+            parts.append(pairs[key])
         rows.append(np.concatenate(parts))
     return np.stack(rows)
+
+
+NO_CLUSTERS = "pairs (the runs wrote no identity clusters)"
+
+
+def pair_clusters(runs: list[Run], benchmark: str, splits: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(labels (P,), identity clusters (P, 2), unit) of the splits' pairs concatenated: each split's clusters apart
+    (splits score different people); every pair its own cluster where a run did not write them."""
+    labels, parts, offset, unit = [], [], 0, None
+    for split in splits:
+        run = next(r for r in runs if r.split == split and r.pairs(benchmark) is not None)
+        pairs = run.pairs(benchmark)
+        n = len(pairs["issame"])
+        if "cluster_a" in pairs and "cluster_b" in pairs:
+            raw = np.stack([pairs["cluster_a"], pairs["cluster_b"]], 1).astype(np.int64)
+            entry = run.results.get("final", {}).get(benchmark, {})
+            unit = unit or ((entry.get("interval") or {}).get("unit") if isinstance(entry, dict) else None)
+        else:
+            raw, unit = np.repeat(np.arange(n)[:, None], 2, 1), NO_CLUSTERS
+        dense = np.unique(raw, return_inverse=True)[1].reshape(raw.shape)
+        parts.append(dense + offset)
+        offset += int(dense.max()) + 1
+        labels.append(pairs["issame"])
+    return np.concatenate(labels), np.concatenate(parts), unit or "identity clusters"
 
 
 def tar_at_far(runs: list[Run], head: str, benchmark: str, seed: int, splits: list[str], far: float) -> float | None:
@@ -263,35 +214,49 @@ def build_report(runs: list[Run], baseline: str | None = None, resamples: int = 
                                 for h in heads}}
     for bench in benchmarks:
         seeds = sorted(set.intersection(*[{r.seed for r in runs if r.head == h} for h in heads]))
-        per_head, correct = {}, {}
+        with_pairs = [r.pairs(bench) for r in runs if r.pairs(bench) is not None]
+        if not with_pairs:
+            continue
+        metric = "accuracy" if all("correct" in p for p in with_pairs) else "tar@far=1e-4"
+        key = "correct" if metric == "accuracy" else "score"
+        labels, clusters, unit = pair_clusters(runs, bench, splits)
+        per_head, values = {}, {}
         for h in heads:
-            c = outcomes(runs, h, bench, seeds, splits)
+            c = outcomes(runs, h, bench, seeds, splits, key)
             if c is None:
                 continue
-            correct[h] = c
-            acc = c.mean(axis=1)
-            m, lo, hi = mean_ci(acc)
-            entry = {"accuracy": m, "low": lo, "high": hi, "per_seed": dict(zip(map(str, seeds), acc.tolist())),
+            values[h] = c
+            if metric == "accuracy":
+                per_seed = c.mean(axis=1)
+            else:  # the headline of each run: TAR@FAR=1e-4 by insightface's rule, the mean over splits
+                per_seed = np.array([np.mean([next(r for r in runs if (r.head, r.seed, r.split) == (h, s, sp))
+                                              .results["final"][bench]["accuracy"] for sp in splits]) for s in seeds])
+            m, lo, hi = mean_ci(per_seed)
+            entry = {"accuracy": m, "low": lo, "high": hi, "per_seed": dict(zip(map(str, seeds), per_seed.tolist())),
                      "pairs": int(c.shape[1]), "tar_at_far": {}}
-            for far in metrics.FARS:
+            for far in metrics.FARS if metric == "accuracy" else ():
                 tars = [tar_at_far(runs, h, bench, s, splits, far) for s in seeds]
                 if all(t is not None for t in tars):
                     genuine = sum(int(r.pairs(bench)["issame"].sum()) for r in runs if r.head == h and r.seed == seeds[0])
                     tm, tlo, thi = proportion_ci(tars, genuine)
                     entry["tar_at_far"][f"{far:g}"] = {"mean": tm, "low": tlo, "high": thi}
             per_head[h] = entry
-        names = list(correct)
-        if baseline in correct:
+        names = list(values)
+        if baseline in values:
             pairs = [(h, baseline) for h in names if h != baseline]
         else:
             pairs = list(itertools.combinations(names, 2))
         differences = []
         for a, b in pairs:
-            d = paired_bootstrap(correct[a], correct[b], resamples=resamples, seed=0)
+            if metric == "accuracy":
+                d = paired_bootstrap(values[a], values[b], resamples=resamples, seed=0, clusters=clusters)
+            else:  # every resample recomputes the TAR of both heads: fewer resamples
+                d = paired_tar_bootstrap(values[a], values[b], labels, clusters, resamples=min(resamples, 1000))
             differences.append({"a": a, "b": b, "difference": d.difference, "low": d.low, "high": d.high,
-                                "p_value": d.p_value, "verdict": d.verdict, "seeds": d.seeds, "pairs": d.pairs})
-        report["benchmarks"][bench] = {"seeds": seeds, "heads": per_head, "differences": differences,
-                                       "history": history(runs, bench), "roc": mean_roc(runs, bench)}
+                                "p_value": d.p_value, "verdict": d.verdict, "seeds": d.seeds, "pairs": d.pairs,
+                                "clusters": d.clusters, "detectable": d.detectable, "resamples": d.resamples})
+        report["benchmarks"][bench] = {"seeds": seeds, "heads": per_head, "differences": differences, "metric": metric,
+                                       "unit": unit, "history": history(runs, bench), "roc": mean_roc(runs, bench)}
     return report
 
 

@@ -152,7 +152,8 @@ class Embedder:
     def __init__(self, model: EmbedFn, device: torch.device, flip: str = "sum", batch_size: int | str = "auto",
                  num_workers: int = 0, memory_budget_mb: float = 300.0, thresholds: str = "grid",
                  autocast_dtype: torch.dtype | None = None, progress: bool = False, image_cache: dict | None = None,
-                 cache_max_bytes: float = 4e9, model_key: str | None = None, input_size=None, mean=None, std=None):
+                 cache_max_bytes: float = 4e9, model_key: str | None = None, input_size=None, mean=None, std=None,
+                 interval_resamples: int = 0):
         if flip not in FLIPS:
             raise ValueError(f"flip must be one of {FLIPS}, got {flip!r}")
         self.model, self.device = model, device
@@ -167,6 +168,8 @@ class Embedder:
         self.image_cache, self.cache_max_bytes, self.model_key = image_cache, float(cache_max_bytes), model_key
         #: (N, d) embeddings -> (N, C) class scores, for closed-set protocols (the head's; None: not available)
         self.classifier = None
+        #: cluster-bootstrap resamples behind each headline's interval (0: none; :mod:`frtrain.evaluation.intervals`)
+        self.interval_resamples = int(interval_resamples)
         self._forward_batch: int | None = None
 
     @property

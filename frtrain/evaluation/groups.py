@@ -62,8 +62,9 @@ class GroupedResult(WithoutPairs):
     groups: dict  # group -> {"accuracy", "accuracy_std", "pairs", "auc"}
     options: dict
 
-    caption = ("Per-group protocols (RFW): each group's 10-fold accuracy (insightface's protocol, as LFW); the mean, "
-               "the standard deviation across groups and the skewed error ratio max(error)/min(error).")
+    caption = ("Per-group protocols (RFW): each group's 10-fold accuracy (insightface's protocol, as LFW) with its 95% "
+               "interval (cluster bootstrap over the group's people); the mean, the standard deviation across groups "
+               "and the skewed error ratio max(error)/min(error).")
 
     @property
     def accuracy(self) -> float:
@@ -92,7 +93,8 @@ class GroupedResult(WithoutPairs):
 
     def table(self) -> dict[str, str]:
         row = {"benchmark": self.name}
-        row.update({g: pct(r["accuracy"]) for g, r in self.groups.items()})
+        row.update({g: pct(r["accuracy"]) + (f" [{pct(r['interval']['low'])}, {pct(r['interval']['high'])}]"
+                                             if r.get("interval") else "") for g, r in self.groups.items()})
         ser = self.skewed_error_ratio
         row.update({"mean (%)": pct(self.accuracy), "std (%)": pct(self.std_across_groups),
                     "SER": "—" if ser is None else f"{ser:.2f}", "time (s)": f"{self.seconds:.1f}"})
@@ -119,7 +121,8 @@ class GroupedPairBenchmark:
         rows, notes = {}, []
         for g, bench in self.parts.items():
             r = bench.score(embedder)
-            rows[g] = {"accuracy": r.accuracy, "accuracy_std": r.accuracy_std, "pairs": r.num_pairs, "auc": r.auc}
+            rows[g] = {"accuracy": r.accuracy, "accuracy_std": r.accuracy_std, "pairs": r.num_pairs, "auc": r.auc,
+                       "interval": r.interval.to_dict() if r.interval else None}
             notes += [f"{g}: {n}" for n in r.notes]
         options = dict(self.options, flip=embedder.flip, thresholds=embedder.thresholds)
         return GroupedResult(self.name, rows, options, seconds=time.perf_counter() - start, notes=notes)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from frtrain.evaluation.intervals import dense_clusters, rate_interval
 from frtrain.evaluation.results import WithoutPairs, pct
 
 RANKS = (1, 5, 10, 20)
@@ -69,7 +70,7 @@ class IdentificationResult(WithoutPairs):
     options: dict  # what decides the numbers (interpolation, distractors, the rules)
 
     caption = ("Identification (closed set): rank-k rates (CMC) of the probes with a mate in the gallery, and mAP; "
-               f"{RULE}.")
+               f"{RULE}; rank-1's 95% interval in brackets: a cluster bootstrap over the probes' identities.")
 
     @property
     def accuracy(self) -> float:
@@ -88,7 +89,7 @@ class IdentificationResult(WithoutPairs):
     def table(self) -> dict[str, str]:
         row = {"benchmark": self.name}
         for setting, r in self.settings.items():
-            row[f"{setting}: rank-1"] = pct(r.get("rank1"))
+            row[f"{setting}: rank-1"] = pct(r.get("rank1")) + _interval_text(r.get("rank1_interval"))
             row[f"{setting}: mAP"] = pct(r.get("mAP"))
         row["time (s)"] = f"{self.seconds:.1f}"
         return row
@@ -104,12 +105,23 @@ class IdentificationResult(WithoutPairs):
         return lines
 
 
-def identification_setting(probes, probe_ids, gallery, gallery_ids, ks=RANKS, with_ap: bool = True) -> dict:
-    """One row of an :class:`IdentificationResult`: counts, rank-k rates and mAP."""
-    ranks, aps = rank_and_ap(probes, np.asarray(probe_ids), gallery, np.asarray(gallery_ids))
+def _interval_text(interval: dict | None) -> str:
+    return f" [{pct(interval['low'])}, {pct(interval['high'])}]" if interval else ""
+
+
+def identification_setting(probes, probe_ids, gallery, gallery_ids, ks=RANKS, with_ap: bool = True,
+                           resamples: int = 0) -> dict:
+    """One row of an :class:`IdentificationResult`: counts, rank-k rates and mAP; with ``resamples``, rank-1's 95%
+    interval from the cluster bootstrap over the probes' identities (``rank1_interval``)."""
+    probe_ids = np.asarray(probe_ids)
+    ranks, aps = rank_and_ap(probes, probe_ids, gallery, np.asarray(gallery_ids))
     row = {"probes": int(len(probes)), "gallery": int(len(gallery)), "unmated_probes": int((ranks == 0).sum())}
     row.update(cmc(ranks, ks))
     if with_ap:
         mated = aps[~np.isnan(aps)]
         row["mAP"] = float(mated.mean()) if len(mated) else None
+    if resamples and (ranks > 0).any():
+        clusters, count = dense_clusters(probe_ids[ranks > 0].tolist())
+        row["rank1_interval"] = rate_interval(ranks[ranks > 0] == 1, clusters, count, "probe identities",
+                                              resamples).to_dict()
     return row

@@ -67,4 +67,5 @@ def lfw_benchmark(root: str, pairs: str | None = None, images: str | None = None
         where.append(f"pair {k + 1} of {pairs_path}")
     notes = [] if len(chosen) == num_sets and by_set else [
         f"sets {chosen}: " + ("each set is a fold" if by_set else "folds are 10 chunks of each set, not the official sets")]
-    return file_pair_benchmark(name, pairs_path, file_pairs, issame, fold_of, where, crop, skip_missing, notes)
+    return file_pair_benchmark(name, pairs_path, file_pairs, issame, fold_of, where, crop, skip_missing, notes,
+                               unit="people (LFW's names)")

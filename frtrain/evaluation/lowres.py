@@ -52,7 +52,8 @@ class GalleryProbeBenchmark:
         rows = {}
         for setting, (probe, gallery) in self.settings.items():
             rows[setting] = identification_setting(emb[probe], self.identities[probe], emb[gallery],
-                                                   self.identities[gallery], self.ranks)
+                                                   self.identities[gallery], self.ranks,
+                                                   resamples=getattr(embedder, "interval_resamples", 0))
         options = dict(self.options, flip=embedder.flip, rules=RULE)
         return IdentificationResult(self.name, rows, options, seconds=time.perf_counter() - start,
                                     notes=list(self.notes))

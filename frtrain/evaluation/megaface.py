@@ -97,7 +97,7 @@ class MegaFaceBenchmark:
             write_devkit(self.devkit_features, "facescrub", self.probes, probe_feats)
             write_devkit(self.devkit_features, "megaface", self.distractors, dist)
         rows = score_features(probe_feats, self.probe_ids, dist, self.sizes, self.probe_noise, self.distractor_noise,
-                              self.clean, self.block)
+                              self.clean, self.block, resamples=getattr(embedder, "interval_resamples", 0))
         options = {"clean": self.clean, "flip": "(given features)" if self.features else embedder.flip,
                    "distractor sets": self.notes[0] if self.notes else "", "features": self.features or "embedded",
                    "rules": "rank counts ties against the mate; TAR@FAR=1e-6 by the strict rule; cosine"}

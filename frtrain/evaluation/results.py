@@ -12,7 +12,7 @@ leave ``roc`` empty, ``auc`` None and ``per_pair`` None: the report and the Tens
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -81,8 +81,10 @@ class WithoutPairs:
 
 
 def result_dict(result, with_roc: bool = False) -> dict:
-    """A dataclass result as JSON-ready data: its fields (the ROC only ``with_roc``) and its headline accuracy."""
-    d = asdict(result)
+    """A dataclass result as JSON-ready data: its fields but the per-pair arrays (the ROC only ``with_roc``) and its
+    headline accuracy."""
+    d = {f.name: getattr(result, f.name) for f in fields(result) if f.name != "per_pair"}
+    d = {k: asdict(v) if is_dataclass(v) else v for k, v in d.items()}
     d["accuracy"] = result.accuracy
     if not with_roc:
         d.pop("roc", None)

@@ -32,6 +32,7 @@ import numpy as np
 from frtrain.data.images import read_image, resize_to
 from frtrain.evaluation import metrics
 from frtrain.evaluation.align import align_face
+from frtrain.evaluation.intervals import ClusteredInterval, linked_image_clusters, tar_interval
 from frtrain.evaluation.results import pct, result_dict
 
 log = logging.getLogger("frtrain")
@@ -179,6 +180,9 @@ def identification_rates(probe_feats, probe_subjects, gallery_feats, gallery_sub
     return out
 
 
+#: what the interval of a template protocol resamples
+SUBJECT_UNIT = "subjects (templates linked by genuine pairs)"
+
 #: the TAR@FAR columns of the template table (both rules)
 TABLE_FARS = tuple(f"{f:g}" for f in metrics.FARS)
 
@@ -202,11 +206,17 @@ class TemplateResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     roc: dict = field(default_factory=dict, repr=False)
-    per_pair = None  # template pairs are not image pairs: frtrain-compare pairs up pair benchmarks
+    #: TAR@FAR=1e-4's 95% interval from the cluster bootstrap over subjects (None when not computed)
+    interval: ClusteredInterval | None = None
+    #: each template pair's ``score``, ``issame``, ``cluster_a``, ``cluster_b`` (subjects): what frtrain-compare
+    #: resamples for a paired difference of TAR@FAR
+    per_pair: dict | None = field(default=None, repr=False, compare=False)
 
     caption = ("Template benchmarks (1:1): TAR (%) at FAR by insightface's rule (eval_ijbc.py: the ROC point whose FPR "
                "is nearest the target, ties to the larger TPR; what papers report) / by the strict rule (the best TPR "
-               "with FPR at most the target).")
+               "with FPR at most the target); the 95% interval of TAR@FAR=1e-4 (insightface's rule) is a cluster "
+               "bootstrap over subjects (templates linked by genuine pairs; a pair kept with its subjects' "
+               "multiplicities).")
 
     @property
     def accuracy(self) -> float:
@@ -224,7 +234,9 @@ class TemplateResult:
                 f"{100 * self.tar_at_far_strict['0.0001']:.2f}%)")
 
     def table(self) -> dict[str, str]:
-        row = {"benchmark": self.name, "templates": str(self.num_templates), "pairs": str(self.num_pairs)}
+        row = {"benchmark": self.name, "templates": str(self.num_templates), "pairs": str(self.num_pairs),
+               "TAR@1e-4 95% interval": self.interval.text() if self.interval else "—",
+               "resampled": f"{self.interval.clusters} {self.interval.unit.split(' (')[0]}" if self.interval else "—"}
         row.update({f"FAR={f}": f"{pct(self.tar_at_far.get(f))} / {pct(self.tar_at_far_strict.get(f))}"
                     for f in TABLE_FARS})
         row.update({"AUC": f"{self.auc:.4f}", "time (s)": f"{self.seconds:.1f}"})
@@ -259,6 +271,11 @@ def score_templates(bench, embedder) -> TemplateResult:
                                             bench.normalize, bench.score_weighting)
         scores = pair_scores(unique_t, feats, bench.pairs)
         curve = metrics.roc(bench.labels, scores)
+        t_index = np.unique(bench.pairs, return_inverse=True)[1].reshape(-1, 2)
+        clusters, count = linked_image_clusters(t_index, bench.labels == 1, int(t_index.max()) + 1)
+        resamples = getattr(embedder, "interval_resamples", 0)
+        interval = tar_interval(bench.labels == 1, scores, clusters, count, SUBJECT_UNIT, 1e-4, "insightface",
+                                resamples) if resamples else None
         impostors = curve.impostors
         notes = list(bench.notes)
         for far in metrics.FARS:
@@ -291,7 +308,9 @@ def score_templates(bench, embedder) -> TemplateResult:
         num_impostors=impostors, settings=bench.settings(), identification=ident,
         far_thresholds={f"{far:g}": metrics.threshold_at_far(scores[bench.labels == 0], far)
                         for far in metrics.THRESHOLD_FARS},
-        seconds=time.perf_counter() - start, notes=notes, roc={"fpr": curve.fpr, "tpr": curve.tpr})
+        seconds=time.perf_counter() - start, notes=notes, roc={"fpr": curve.fpr, "tpr": curve.tpr}, interval=interval,
+        per_pair={"score": np.asarray(scores, np.float32), "issame": bench.labels == 1,
+                  "cluster_a": clusters[:, 0].astype(np.int32), "cluster_b": clusters[:, 1].astype(np.int32)})
 
 
 def _subjects(lists: dict, unique_t: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ import numpy as np
 
 from frtrain.data.images import IMAGE_EXTENSIONS
 from frtrain.errors import ConfigError, DataError
-from frtrain.evaluation.benchmarks import PairBenchmark, FileImages
+from frtrain.evaluation.benchmarks import FileImages, PairBenchmark
+from frtrain.evaluation.intervals import dense_clusters
 
 #: column names of splits.txt (lower-case, stripped) -> meaning; "is same" is the spec's spelling
 _COLUMNS = {"split number": "split", "first name": "first", "second name": "second",
@@ -131,8 +132,11 @@ def ytf_benchmark(root: str, splits: str | None = None, images: str | None = Non
         issame.append(same)
         folds.append(fold_of[split])
     notes = [f"{skipped} pairs skipped: a video is missing or empty"] if skipped else []
+    person = {v: video.split("/")[0] for video, v in videos.items()}  # '<Name>/<video>'
+    clusters, count = dense_clusters([[person[a], person[b]] for a, b in pairs])
     notes.append(f"{len(videos)} videos, {len(frames)} frames (up to {frames_per_video or 'all'} per video)")
     return PairBenchmark(name=name, num_images=len(frames), load=FileImages(frames, crop),
                          pairs=np.asarray(pairs, dtype=np.int64).reshape(-1, 2), issame=np.asarray(issame, dtype=bool),
                          folds=np.asarray(folds, dtype=np.int64), source=splits_path, skipped_pairs=skipped,
-                         notes=notes, item_of_image=np.asarray(item_of_image, dtype=np.int64))
+                         notes=notes, item_of_image=np.asarray(item_of_image, dtype=np.int64),
+                         pair_clusters=clusters, num_clusters=count, cluster_unit="people (YTF's names)")
