@@ -28,6 +28,7 @@ from frtrain.data.loader import ResumableBatchSampler, make_loader
 from frtrain.runtime import resolve_device, resolve_threads, resolve_workers
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine.build import build, build_benchmarks, embed_options
+from frtrain.evaluation.provenance import model_record, resolved_nodes, settings_provenance
 from frtrain.engine.run_dir import RunDirectoryBusy, RunLock, remove_unstarted, untouched
 
 log = logging.getLogger("frtrain")
@@ -123,7 +124,16 @@ def build_trainer(cfg: DictConfig, out_dir: str):
                    embed_options(cfg.eval), opts, out_dir, meta,
                    total_steps, steps_per_epoch, seed=cfg.seed, eval_every=cfg.eval.every_steps,
                    eval_at_start=cfg.eval.at_start, select=cfg.eval.select,
-                   final_only=tuple(cfg.eval.get("final_only") or ()), device=device)
+                   final_only=tuple(cfg.eval.get("final_only") or ()), device=device,
+                   provenance=run_provenance(cfg, backbone))
+
+
+def run_provenance(cfg: DictConfig, backbone) -> dict:
+    """The provenance results.json records: the evaluation settings, the benchmarks' files and the backbone's input
+    convention (its checkpoints are written as it trains; their hashes are not part of the scores' record)."""
+    record = settings_provenance(OmegaConf.to_container(cfg.eval, resolve=True), None, resolved_nodes(cfg))
+    record["model"] = model_record("", backbone, {"backbone": OmegaConf.to_container(cfg.backbone, resolve=True)})
+    return record
 
 
 def _task(cfg: DictConfig) -> float | None:

@@ -115,11 +115,12 @@ def test_output_dir_holds_the_whole_run(tmp_path):
 
 @pytest.mark.parametrize("module, program, mentions, absent", [
     ("frtrain.train", "frtrain-train", ["Config groups of frtrain-train", "  head ", "  trainer "], []),
-    ("frtrain.evaluate", "frtrain-eval", ["  benchmarks ", "  input ", "model=???  (required)"], ["  head ", "  optim "]),
+    ("frtrain.evaluate", "frtrain-eval", ["  benchmarks ", "  input ", "model=???  (required)", "frtrain-eval diff A B"], ["  head ", "  optim "]),
     ("frtrain.export", "frtrain-export", ["format=onnx", "model=???"], ["  head "]),
     ("frtrain.verify", "frtrain-verify", ["images=???", "allow_few_impostors=False", "  input "], ["  head "]),
     ("frtrain.compare", "frtrain-compare", ["frtrain-compare report", "frtrain-train --help"], []),
     ("frtrain.interop", "frtrain-import-insightface", ["backbone=iresnet50 out=r50.pt num_classes=93431"], []),
+    ("frtrain.audit", "frtrain-audit", ["train=???  (required)", "class_vectors=mean", "  benchmarks "], ["  head "]),
 ])
 def test_every_command_answers_help_with_its_own_usage_and_options(capsys, module, program, mentions, absent):
     """Before: frtrain-compare --help was a Hydra lexer error, frtrain-eval --help listed the training groups."""

@@ -80,3 +80,20 @@ def test_embeddings_with_each_flip_rule_equal_the_model_applied_by_hand(flip):
     expected = {"none": plain, "sum": plain + mirrored, "concat": torch.cat([plain, mirrored], 1)}[flip]
     assert emb.shape == tuple(expected.shape)
     assert torch.allclose(torch.from_numpy(emb).double(), expected, atol=1e-5)
+
+
+def test_a_runs_results_and_an_eval_report_of_its_checkpoint_differ_in_no_setting_that_decides_a_number(trained,
+                                                                                                         tmp_path):
+    from frtrain.evaluate import diff_main
+
+    evaluate(_compose_eval([f"model={trained}", f"output_dir={tmp_path}", "eval=synthetic", "benchmarks=[]"] + TINY_EVAL))
+    prov = json.loads((trained / "results.json").read_text())["provenance"]
+    assert prov["settings"]["eval.flip"] == "sum" and prov["model"]["input_size"] == [40, 40]
+    assert prov["settings"]["eval.benchmarks.synthetic.num_pairs"] == 1200
+    assert diff_main([str(trained), str(tmp_path), f"out={tmp_path / 'diff.md'}"]) == 0
+    text = (tmp_path / "diff.md").read_text()
+    settings = text.split("## Numbers")[0].split("## Settings that differ")[1]
+    assert [line.split(" | ")[0] for line in settings.splitlines() if line.startswith("| model")] == ["| model.sha256"]
+    assert "eval." not in settings and "benchmarks." not in settings
+    assert "| synthetic |" in text and "| +0.00 |" in text
+    assert "## Provenance" in (tmp_path / "report.md").read_text()

@@ -47,12 +47,13 @@ class Throughput:
 class RunLog:
     """The run's record (rank 0 writes; the other ranks keep nothing): ``history`` is what results.json reports."""
 
-    def __init__(self, out_dir: str, is_main: bool, total_steps: int):
+    def __init__(self, out_dir: str, is_main: bool, total_steps: int, provenance: dict | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.out_dir, self.is_main, self.total_steps = out_dir, is_main, int(total_steps)
         self.writer = SummaryWriter(os.path.join(out_dir, "tb")) if is_main else None
         self.history: dict[str, list] = {"eval": [], "loss": []}
+        self.provenance = provenance
 
     def step(self, state, progress, loss: float, lr: float, speed: float, grad_norm: float | None, corrupt: int,
              head_stats: dict) -> None:
@@ -107,6 +108,10 @@ class RunLog:
             "corrupt_images_skipped": len(corrupt),
             "history": self.history,
         }
+        if self.provenance is not None:
+            from frtrain.evaluation.provenance import with_results
+
+            summary["provenance"] = with_results(self.provenance, results)
         path = os.path.join(self.out_dir, "results.json")
         with open(path + ".tmp", "w") as f:
             json.dump(summary, f, indent=1)

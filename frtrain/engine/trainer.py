@@ -70,13 +70,14 @@ class Trainer:
         seed: of the run (re-seeding when resumed on another world size).
         eval_every, eval_at_start, select: when to score the benchmarks, and which one picks ``best.pt``.
         final_only: names of benchmarks scored only after the last step (not during training).
+        provenance: what decides the scores (:mod:`frtrain.evaluation.provenance`), written to results.json.
     """
 
     def __init__(self, backbone, head, dataset, sampler, loader, optimizer, scheduler, benchmarks, embed_options,
                  options: TrainerConfig, out_dir: str, meta: dict, total_steps: int, steps_per_epoch: int,
                  seed: int = 0, eval_every: int = 0, eval_at_start: bool = False, select: str | None = None,
                  final_only: tuple[str, ...] = (),
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, provenance: dict | None = None):
         self.opts, self.out_dir, self.meta, self.seed = options, out_dir, meta, int(seed)
         self.checkpointer = ckpt_io.Checkpointer(out_dir, options)
         self.ckpt_dir = self.checkpointer.dir
@@ -109,7 +110,7 @@ class Trainer:
         self.scaler = D.grad_scaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.state = TrainState(images_per_batch=sampler.batch_size * D.world_size())
         self.global_batch = self.state.images_per_batch * self.accumulate
-        self.log = RunLog(out_dir, self.is_main, self.total_steps)
+        self.log = RunLog(out_dir, self.is_main, self.total_steps, provenance)
         self.corrupt = CorruptImages(dataset)
         self.meter = Throughput()
         self.train_seconds = 0.0

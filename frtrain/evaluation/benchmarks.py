@@ -64,6 +64,9 @@ class PairBenchmark:
     pair_clusters: np.ndarray | None = None
     num_clusters: int = 0
     cluster_unit: str = ""
+    #: (num_images,) the person of each image where the reader knows it (files in a folder per person): the names
+    #: frtrain-audit matches against a training set
+    image_people: list[str] | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -353,5 +356,5 @@ def file_pair_benchmark(name: str, source: str, file_pairs: list[tuple[str, str]
     clusters, count = dense_clusters([[people[a], people[b]] for a, b in pairs])
     return PairBenchmark(name=name, num_images=len(index), load=FileImages(list(index), crop), pairs=pairs, issame=same,
                          folds=np.asarray(fold, dtype=np.int64), source=source, skipped_pairs=skipped, notes=notes,
-                         pair_clusters=clusters, num_clusters=count, cluster_unit=unit)
+                         pair_clusters=clusters, num_clusters=count, cluster_unit=unit, image_people=people)
 

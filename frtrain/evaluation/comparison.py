@@ -25,6 +25,7 @@ import numpy as np
 from frtrain.errors import DataError
 from frtrain.evaluation import metrics
 from frtrain.evaluation.paired_stats import mean_ci, paired_bootstrap, paired_tar_bootstrap, proportion_ci
+from frtrain.evaluation.provenance import runs_provenance
 from frtrain.safe_files import read_json, read_npz, read_yaml
 
 #: config keys that legitimately differ between the runs of one split
@@ -211,7 +212,8 @@ def build_report(runs: list[Run], baseline: str | None = None, resamples: int = 
     report = {"heads": heads, "splits": splits, "benchmarks": {}, "runs": len(runs),
               "recipe_differences": recipe_differences(runs), "baseline": baseline, "resamples": resamples,
               "train_minutes": {h: sum(r.results.get("train_seconds", 0) for r in runs if r.head == h) / 60
-                                for h in heads}}
+                                for h in heads},
+              "provenance": runs_provenance(runs)}
     for bench in benchmarks:
         seeds = sorted(set.intersection(*[{r.seed for r in runs if r.head == h} for h in heads]))
         with_pairs = [r.pairs(bench) for r in runs if r.pairs(bench) is not None]

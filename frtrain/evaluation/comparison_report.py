@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from frtrain.evaluation.comparison import Run, build_report
+from frtrain.evaluation.provenance import provenance_markdown
 
 #: in a published file, what follows this line is the user's and survives a rewrite of the report
 NOTES_MARKER = "<!-- notes: kept when frtrain-compare rewrites this file -->"
@@ -50,6 +51,7 @@ def markdown(report: dict, command: str, plots: dict[str, str]) -> str:
         lines.append("")
     for title, name in plots.items():
         lines += [f"![{title}]({name})", ""]
+    lines += provenance_markdown(report.get("provenance") or {})
     lines += ["## Recipe", ""]
     if report["recipe_differences"]:
         lines += ["**The runs differ in more than the head and the seed:**", ""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from frtrain.evaluation.provenance import report_lines
 from frtrain.evaluation.results import BenchmarkResult
 
 
@@ -87,8 +88,9 @@ def write_report(out_dir: str, model: str, results: dict[str, BenchmarkResult], 
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     table = report_markdown(model, results)
+    provenance = record.get("provenance")
     with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(table)
+        f.write(table + ("\n" + "\n".join(report_lines(provenance)) if provenance else ""))
     with_roc = {n: r for n, r in results.items() if r.roc.get("fpr")}
     if roc_plots and with_roc:
         for name, r in with_roc.items():
