@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 
 from frtrain import config
 from frtrain.cli import hydra_entry_point, run_directory
+from frtrain.data.labelled import LabelledImages, SampleImages
+from frtrain.engine.model_files import embedder_for
 from frtrain.errors import ConfigError, DataError
 from frtrain.evaluation import overlap as ov
 from frtrain.evaluation.results import jsonable
@@ -48,44 +50,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("audit one benchmark at a time: benchmarks=[lfw] (or cfp_fp_raw, pairs_csv, rfw, bfw)")
 
 
-class TrainingSet:
-    """A training set's class names, each sample's label and its images: identity folders or a .rec."""
-
-    def __init__(self, root: str, input_size):
-        from frtrain.data.folder import FaceFolder
-        from frtrain.data.recordio import RecordFaces
-
-        rec = root.endswith(".rec") or os.path.isfile(os.path.join(root, "train.rec"))
-        self.data = (RecordFaces(root, input_size=input_size) if rec
-                     else FaceFolder(root, input_size=input_size, index_cache=False))
-        self.names = list(self.data.classes)
-        self.with_names = not rec  # a .rec's classes are numbers
-
-    def labels(self) -> np.ndarray:
-        if hasattr(self.data, "labels"):
-            return np.asarray(self.data.labels)
-        return np.array([int(self.data.records.header_label(int(k))) for k in self.data.keys], dtype=np.int64)
-
-    def first_per_class(self, k: int) -> np.ndarray:
-        """The indices of up to ``k`` samples of each class, the first in index order (class-major)."""
-        labels = self.labels()
-        order = np.argsort(labels, kind="stable")
-        starts = np.searchsorted(labels[order], np.arange(len(self.names)))
-        rank = np.arange(len(order)) - starts[labels[order]]
-        return order[rank < k]
-
-
-class SampleImages:
-    """Picklable: image ``j`` of the selected training samples."""
-
-    def __init__(self, data, indices):
-        self.data, self.indices = data, np.asarray(indices)
-
-    def __call__(self, j: int) -> np.ndarray:
-        return self.data.sample(int(self.indices[j]))[0]
-
-
-def class_vectors(train: TrainingSet, embedder, k: int, head_state) -> tuple[np.ndarray, list[str]]:
+def class_vectors(train: LabelledImages, embedder, k: int, head_state) -> tuple[np.ndarray, list[str]]:
     """(C, d) unit class vectors and their names: means of the first ``k`` images per class, or the head's rows."""
     if head_state is not None:
         w = next((v for key, v in head_state.items() if key.endswith("weight") and v.ndim == 2), None)
@@ -119,10 +84,11 @@ def run_audit(cfg: DictConfig) -> dict:
     found = ov.Overlap()
     embedder = None
     if cfg.model is not None:
-        embedder, head_state = _embedder(cfg)
-        train = TrainingSet(str(cfg.train), embedder.model.input_size)
+        embedder, meta = embedder_for(cfg)
+        head_state = meta.get("head_state")
+        train = LabelledImages(str(cfg.train), embedder.model.input_size)
     else:
-        train = TrainingSet(str(cfg.train), (112, 112))
+        train = LabelledImages(str(cfg.train), (112, 112))
     record["training_classes"] = len(train.names)
     if train.with_names:
         found.by_name = ov.name_matches(list(names), train.names)
@@ -156,24 +122,6 @@ def run_audit(cfg: DictConfig) -> dict:
     print(text, flush=True)
     print(f"report: {os.path.join(out_dir, 'audit.md')}", flush=True)
     return record
-
-
-def _embedder(cfg):
-    import torch
-
-    from frtrain.engine.build import embed_options
-    from frtrain.engine.model_files import load_model, resolve_checkpoint
-    from frtrain.evaluation.embed import Embedder
-    from frtrain.runtime import resolve_device, resolve_precision
-
-    path = resolve_checkpoint(cfg.model)
-    model, meta = load_model(path, cfg.get("backbone"), cfg.get("input"))
-    device = resolve_device("cpu" if path.endswith(".onnx") else str(cfg.device))
-    if isinstance(model, torch.nn.Module):
-        model = model.to(device)
-    embedder = Embedder(model, device, autocast_dtype=resolve_precision(str(cfg.precision), device), progress=True,
-                        **embed_options(cfg.eval))
-    return embedder, meta.get("head_state")
 
 
 def _scores(bench, emb, keep: np.ndarray, embedder):

@@ -127,6 +127,9 @@ class EvalConfig:
     memory_budget_mb: int = 300  # activation memory of one CPU forward pass (batch_size=auto)
     final_only: List[str] = field(default_factory=list)  # benchmark names scored only after the last step
     intervals: int = 1000  # cluster-bootstrap resamples for each headline's 95% interval (0: no intervals)
+    # geometry measures logged at each evaluation during training (pairs, separation, shape, margins, norms): on the
+    # first 5 images of the first 200 training classes, against the head's class vectors
+    analysis: List[str] = field(default_factory=list)
     benchmarks: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -141,6 +144,9 @@ class EvalConfig:
         _require(self.memory_budget_mb >= 16, "eval.memory_budget_mb", self.memory_budget_mb, "at least 16 (MiB)")
         _require(self.intervals == 0 or self.intervals >= 100, "eval.intervals", self.intervals,
                  "0 (no intervals) or at least 100 resamples")
+        measures = ("pairs", "separation", "shape", "margins", "norms")
+        _require(all(m in measures for m in self.analysis), "eval.analysis", list(self.analysis),
+                 "some of " + ", ".join(measures))
 
 
 @dataclass

@@ -29,6 +29,7 @@ from frtrain.runtime import resolve_device, resolve_threads, resolve_workers
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine.build import build, build_benchmarks, embed_options
 from frtrain.evaluation.provenance import model_record, resolved_nodes, settings_provenance
+from frtrain.evaluation.training_geometry import target_margin_degrees
 from frtrain.engine.run_dir import RunDirectoryBusy, RunLock, remove_unstarted, untouched
 
 log = logging.getLogger("frtrain")
@@ -125,7 +126,8 @@ def build_trainer(cfg: DictConfig, out_dir: str):
                    total_steps, steps_per_epoch, seed=cfg.seed, eval_every=cfg.eval.every_steps,
                    eval_at_start=cfg.eval.at_start, select=cfg.eval.select,
                    final_only=tuple(cfg.eval.get("final_only") or ()), device=device,
-                   provenance=run_provenance(cfg, backbone))
+                   provenance=run_provenance(cfg, backbone), analysis=tuple(cfg.eval.get("analysis") or ()),
+                   target_margin_degrees=target_margin_degrees(OmegaConf.to_container(cfg.head, resolve=True)))
 
 
 def run_provenance(cfg: DictConfig, backbone) -> dict:

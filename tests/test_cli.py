@@ -121,6 +121,7 @@ def test_output_dir_holds_the_whole_run(tmp_path):
     ("frtrain.compare", "frtrain-compare", ["frtrain-compare report", "frtrain-train --help"], []),
     ("frtrain.interop", "frtrain-import-insightface", ["backbone=iresnet50 out=r50.pt num_classes=93431"], []),
     ("frtrain.audit", "frtrain-audit", ["train=???  (required)", "class_vectors=mean", "  benchmarks "], ["  head "]),
+    ("frtrain.analyze", "frtrain-analyze", ["model=???  (required)", "dataset=None", "images_per_class=20"], ["  head "]),
 ])
 def test_every_command_answers_help_with_its_own_usage_and_options(capsys, module, program, mentions, absent):
     """Before: frtrain-compare --help was a Hydra lexer error, frtrain-eval --help listed the training groups."""

@@ -151,7 +151,7 @@ def test_a_tiny_grid_trains_resumes_reuses_and_flags_a_recipe_difference(tmp_pat
     out = tmp_path / "cmp"
     argv = ["head=arcface,cosface", "seeds=2", f"out={out}", "resamples=500", "@cosface:optim.weight_decay=0.001",
             f"jobs={min(2, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else 1)}",
-            f"publish={tmp_path / 'docs' / 'results.md'}", *TINY]
+            f"publish={tmp_path / 'docs' / 'results.md'}", "eval.analysis=[pairs,separation]", *TINY]
     assert main(argv) == 0
     run = out / "runs" / "cosface" / "seed-1"
     assert sorted(str(p.relative_to(out / "runs")) for p in (out / "runs").glob("*/seed-*")) == [
@@ -168,6 +168,11 @@ def test_a_tiny_grid_trains_resumes_reuses_and_flags_a_recipe_difference(tmp_pat
     assert any("optim.weight_decay=0.001" in n for n in report["recipe_differences"])
     md = (out / "comparison.md").read_text()
     assert "The runs differ in more than the head and the seed" in md and "![" in md
+    assert "## Geometry" in md and "## Provenance" in md
+    d_primes = [json.loads((out / "runs" / "arcface" / f"seed-{s}" / "results.json").read_text())["geometry"]["scalars"]
+                ["pairs/d_prime"] for s in (0, 1)]
+    assert report["geometry"]["arcface"]["pairs/d_prime"]["mean"] == pytest.approx(np.mean(d_primes))
+    assert report["geometry"]["arcface"]["pairs/d_prime"]["seeds"] == 2
     assert (out / "accuracy_vs_step.png").is_file() and (out / "roc.png").is_file()
     assert (tmp_path / "docs" / "results.md").is_file() and (tmp_path / "docs" / "results_roc.png").is_file()
     published = tmp_path / "docs" / "results.md"
@@ -263,3 +268,19 @@ def test_a_tar_interval_over_seeds_stays_within_zero_and_one():
     m, lo, hi = proportion_ci([0.50, 0.52, 0.51, 0.49], 100_000)
     _, t_lo, t_hi = mean_ci([0.50, 0.52, 0.51, 0.49])
     assert lo == pytest.approx(t_lo, abs=3e-3) and hi == pytest.approx(t_hi, abs=3e-3)
+
+
+def test_the_geometry_section_reads_results_json_or_a_frtrain_analyze_record(tmp_path):
+    from frtrain.evaluation.comparison import build_report, find_runs
+    from frtrain.evaluation.comparison_report import markdown
+
+    a, b = _fake_run(tmp_path, "arcface"), _fake_run(tmp_path, "unpg")
+    results = json.loads((a / "results.json").read_text())
+    (a / "results.json").write_text(json.dumps(dict(results, geometry={"scalars": {"pairs/d_prime": 1.5}})))
+    (b / "analysis").mkdir()
+    (b / "analysis" / "analysis.json").write_text(json.dumps({"scalars": {"pairs/d_prime": 2.25}}))
+    report = build_report(find_runs([str(tmp_path)]), resamples=100)
+    assert report["geometry"]["arcface"]["pairs/d_prime"]["mean"] == 1.5
+    assert report["geometry"]["unpg"]["pairs/d_prime"]["mean"] == 2.25
+    md = markdown(report, "cmd", {})
+    assert "## Geometry" in md and "| unpg | 2.25 [2.25, 2.25] |" in md

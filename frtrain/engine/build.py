@@ -253,3 +253,4 @@ def embed_options(eval_cfg) -> dict:
     return {"flip": str(eval_cfg.flip), "batch_size": eval_cfg.batch_size, "num_workers": int(eval_cfg.num_workers),
             "memory_budget_mb": float(eval_cfg.get("memory_budget_mb", 300)), "thresholds": str(eval_cfg.thresholds),
             "interval_resamples": int(eval_cfg.get("intervals", 1000))}
+

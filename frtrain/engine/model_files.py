@@ -74,3 +74,23 @@ def load_model(path: str, backbone_cfg=None, onnx_input=None):
     from frtrain.engine.insightface import load_backbone_file
 
     return load_backbone_file(path, backbone_cfg)
+
+
+def embedder_for(cfg, **overrides):
+    """(Embedder, model record) for a command's ``model`` (checkpoint, run directory, ONNX file or plain state dict
+    with ``backbone``), its ``device``, ``precision`` and ``eval`` settings; ``overrides`` replace Embedder options
+    (e.g. ``flip="none"``)."""
+    import torch
+
+    from frtrain.engine.build import embed_options
+    from frtrain.evaluation.embed import Embedder
+    from frtrain.runtime import resolve_device, resolve_precision
+
+    path = resolve_checkpoint(cfg.model)
+    model, meta = load_model(path, cfg.get("backbone"), cfg.get("input"))
+    device = resolve_device("cpu" if path.endswith(".onnx") else str(cfg.device))
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device)
+    options = dict(embed_options(cfg.eval), **overrides)
+    return Embedder(model, device, autocast_dtype=resolve_precision(str(cfg.precision), device), progress=True,
+                    **options), dict(meta, path=path)

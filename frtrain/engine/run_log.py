@@ -54,6 +54,7 @@ class RunLog:
         self.writer = SummaryWriter(os.path.join(out_dir, "tb")) if is_main else None
         self.history: dict[str, list] = {"eval": [], "loss": []}
         self.provenance = provenance
+        self.last_geometry = None  # the last geometry record (eval.analysis), for results.json
 
     def step(self, state, progress, loss: float, lr: float, speed: float, grad_norm: float | None, corrupt: int,
              head_stats: dict) -> None:
@@ -88,6 +89,20 @@ class RunLog:
         log.info("step %d  %s: %s", step, name, r.headline() + (f"  auc {r.auc:.4f}" if r.auc is not None else ""))
         self.history["eval"].append({**r.scalars(), "step": step, "benchmark": name, "accuracy": r.accuracy})
 
+    def geometry(self, step: int, record: dict, arrays: dict) -> None:
+        """Geometry measures: scalars as geometry/<measure>/<name>, histograms as geometry/<array>; kept for
+        results.json."""
+        from frtrain.evaluation.geometry import scalars
+
+        values = scalars(record)
+        for key, value in values.items():
+            self.writer.add_scalar(f"geometry/{key}", value, step)
+        for key, value in arrays.items():
+            if len(value):
+                self.writer.add_histogram(f"geometry/{key}", value, step)
+        self.history.setdefault("geometry", []).append({"step": step, **values})
+        self.last_geometry = record
+
     def write_results(self, results: dict, state, best_checkpoint: str | None, train_seconds: float,
                       corrupt: list[str]) -> None:
         """``results.json`` (final and best scores, history, time, corrupt images), ``pairs/<benchmark>.npz`` (each
@@ -108,6 +123,11 @@ class RunLog:
             "corrupt_images_skipped": len(corrupt),
             "history": self.history,
         }
+        if self.last_geometry is not None:
+            from frtrain.evaluation.geometry import scalars
+            from frtrain.evaluation.results import jsonable
+
+            summary["geometry"] = {"scalars": scalars(self.last_geometry), **jsonable(self.last_geometry)}
         if self.provenance is not None:
             from frtrain.evaluation.provenance import with_results
 

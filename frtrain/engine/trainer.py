@@ -71,13 +71,16 @@ class Trainer:
         eval_every, eval_at_start, select: when to score the benchmarks, and which one picks ``best.pt``.
         final_only: names of benchmarks scored only after the last step (not during training).
         provenance: what decides the scores (:mod:`frtrain.evaluation.provenance`), written to results.json.
+        analysis: geometry measures logged at each evaluation (:mod:`frtrain.evaluation.training_geometry`), with the
+            head's ``target_margin_degrees``.
     """
 
     def __init__(self, backbone, head, dataset, sampler, loader, optimizer, scheduler, benchmarks, embed_options,
                  options: TrainerConfig, out_dir: str, meta: dict, total_steps: int, steps_per_epoch: int,
                  seed: int = 0, eval_every: int = 0, eval_at_start: bool = False, select: str | None = None,
                  final_only: tuple[str, ...] = (),
-                 device: torch.device | None = None, provenance: dict | None = None):
+                 device: torch.device | None = None, provenance: dict | None = None, analysis: tuple = (),
+                 target_margin_degrees: float | None = None):
         self.opts, self.out_dir, self.meta, self.seed = options, out_dir, meta, int(seed)
         self.checkpointer = ckpt_io.Checkpointer(out_dir, options)
         self.ckpt_dir = self.checkpointer.dir
@@ -111,6 +114,11 @@ class Trainer:
         self.state = TrainState(images_per_batch=sampler.batch_size * D.world_size())
         self.global_batch = self.state.images_per_batch * self.accumulate
         self.log = RunLog(out_dir, self.is_main, self.total_steps, provenance)
+        self.geometry = None
+        if analysis and self.is_main:
+            from frtrain.evaluation.training_geometry import TrainingGeometry
+
+            self.geometry = TrainingGeometry(dataset, analysis, target_margin_degrees)
         self.corrupt = CorruptImages(dataset)
         self.meter = Throughput()
         self.train_seconds = 0.0
@@ -352,12 +360,24 @@ class Trainer:
             results = score_benchmarks(self.benchmarks, embedder, skip=() if final else self.final_only)
             for name, r in results.items():
                 self.log.result(self.state.step, name, r)
+            if self.geometry is not None:
+                self.log_geometry(embedder)
             best = results[self.select].accuracy if self.select in results else None
             if best is not None and best > self.state.best_score:
                 self.state.best_score, self.state.best_step, improved = best, self.state.step, True
         if D.broadcast_object(improved):
             self.save("best.pt")
         return results
+
+    def log_geometry(self, embedder) -> None:
+        """The geometry measures of the model now (rank 0), against the head's class vectors (one process only:
+        sharded otherwise), to TensorBoard and results.json."""
+        rows = None
+        if D.world_size() == 1:
+            weight = next((v for k, v in self.head.state_dict().items() if k.endswith("weight") and v.ndim == 2), None)
+            rows = None if weight is None else weight.detach().float().cpu().numpy()
+        record, arrays = self.geometry.measure(embedder, rows)
+        self.log.geometry(self.state.step, record, arrays)
 
     def restore(self) -> None:
         """Resume or fine-tune as ``trainer.resume`` / ``trainer.init_from`` say (:class:`Checkpointer`)."""

@@ -205,6 +205,37 @@ def tar_at_far(runs: list[Run], head: str, benchmark: str, seed: int, splits: li
     return float(np.mean(values))
 
 
+def run_geometry(run: Run) -> dict[str, float]:
+    """A run's geometry scalars: results.json's ``geometry`` (eval.analysis), else ``analysis/analysis.json`` in its
+    directory (frtrain-analyze output_dir=<run>/analysis); {} without either."""
+    record = run.results.get("geometry")
+    if not isinstance(record, dict):
+        f = run.path / "analysis" / "analysis.json"
+        record = read_json(f, "analysis record") if f.is_file() else {}
+    values = record.get("scalars") if isinstance(record, dict) else None
+    return {k: float(v) for k, v in (values or {}).items() if isinstance(v, (int, float))}
+
+
+def geometry_table(runs: list[Run], heads: list[str], seeds: list[int]) -> dict:
+    """head -> scalar -> {mean, low, high, seeds}: each seed's value the mean over its splits, then the Student-t
+    interval over seeds (as the accuracy)."""
+    table = {}
+    for h in heads:
+        per_seed: dict[str, list[float]] = {}
+        for seed in seeds:
+            values: dict[str, list[float]] = {}
+            for run in (r for r in runs if r.head == h and r.seed == seed):
+                for k, v in run_geometry(run).items():
+                    values.setdefault(k, []).append(v)
+            for k, v in values.items():
+                per_seed.setdefault(k, []).append(float(np.mean(v)))
+        table[h] = {}
+        for k, v in per_seed.items():
+            m, lo, hi = mean_ci(v)
+            table[h][k] = {"mean": m, "low": lo, "high": hi, "seeds": len(v)}
+    return table if any(table.values()) else {}
+
+
 def build_report(runs: list[Run], baseline: str | None = None, resamples: int = 10_000) -> dict:
     heads = list(dict.fromkeys(r.head for r in runs))
     splits = sorted({r.split for r in runs})
@@ -214,6 +245,8 @@ def build_report(runs: list[Run], baseline: str | None = None, resamples: int = 
               "train_minutes": {h: sum(r.results.get("train_seconds", 0) for r in runs if r.head == h) / 60
                                 for h in heads},
               "provenance": runs_provenance(runs)}
+    all_seeds = sorted(set.intersection(*[{r.seed for r in runs if r.head == h} for h in heads]))
+    report["geometry"] = geometry_table(runs, heads, all_seeds)
     for bench in benchmarks:
         seeds = sorted(set.intersection(*[{r.seed for r in runs if r.head == h} for h in heads]))
         with_pairs = [r.pairs(bench) for r in runs if r.pairs(bench) is not None]

@@ -51,6 +51,7 @@ def markdown(report: dict, command: str, plots: dict[str, str]) -> str:
         lines.append("")
     for title, name in plots.items():
         lines += [f"![{title}]({name})", ""]
+    lines += geometry_markdown(report.get("geometry") or {})
     lines += provenance_markdown(report.get("provenance") or {})
     lines += ["## Recipe", ""]
     if report["recipe_differences"]:
@@ -61,6 +62,28 @@ def markdown(report: dict, command: str, plots: dict[str, str]) -> str:
     lines += ["Training time (minutes, all seeds and splits): "
               + ", ".join(f"{h} {m:.1f}" for h, m in report["train_minutes"].items()), ""]
     return "\n".join(lines)
+
+
+def geometry_markdown(table: dict) -> list[str]:
+    """The "Geometry" section: each head's geometry scalars (frtrain-analyze's measures, docs/analysis.md), mean and
+    95% interval over seeds."""
+    if not table:
+        return []
+    keys = sorted({k for v in table.values() for k in v})
+    lines = ["## Geometry", "", "What each paper claims its loss does to the embedding space, measured (docs/analysis.md): "
+             "mean over seeds [95% interval, Student t]. pairs: d' and overlap of genuine/impostor cosines, the share "
+             "of identities whose genuine pairs all beat their impostors (UNPG); separation: nearest-neighbour angle, "
+             "degrees (NPT, margin heads); shape: intra-class anisotropy and effective rank (IntraLoss); margins: "
+             "nearest-other minus own centre angle, degrees, and the share below 0 (IE, Margin Loss); norms: Spearman "
+             "of feature norm against sharpness (AdaFace, MagFace).", "",
+             "| head | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for head, values in table.items():
+        cells = []
+        for k in keys:
+            v = values.get(k)
+            cells.append("—" if v is None else f"{v['mean']:.3g} [{v['low']:.3g}, {v['high']:.3g}]")
+        lines.append(f"| {head} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plot(report: dict, directory: Path, stem: str = "") -> dict[str, str]:
