@@ -6,8 +6,9 @@ against the seed papers' claims (definitions: :mod:`frtrain.evaluation.geometry`
     frtrain-analyze model=runs/<run> dataset=/data/faces measures=[pairs,shape]
 
 Writes ``analysis.json``, ``analysis.md`` and the plots (``similarities.png``, ``angles.png``, ``spectrum.png``,
-``norm_quality.png``) to the output directory. The class vectors are the checkpoint head's rows when the data has
-as many classes as the head (its own training set), else the identities' mean embeddings.
+``norm_quality.png``) to the output directory. The centres of the margins are the checkpoint head's rows when the
+data has as many classes as the head (its own training set), else the identities' mean embeddings; the head's rows'
+own separation is reported whatever the data.
 """
 
 from __future__ import annotations
@@ -103,13 +104,16 @@ def analyze(cfg: DictConfig) -> dict:
     own_head = weight is not None and weight.shape[0] == num_classes
     quality = np.array([G.sharpness(load(i)) for i in range(count)]) if "norms" in cfg.measures else None
     record = {"model": meta.get("path"), "data": source, "images": int(count), "identities": int(len(np.unique(labels))),
-              "class_vectors": "the head's rows" if own_head else "identities' mean embeddings", **head_notes,
+              "class_vectors": ("the head's rows" if own_head else "identities' mean embeddings (the head's rows, of "
+                                "other classes, only for their own separation)"), **head_notes,
               "measures": list(cfg.measures), "flip": embedder.flip}
     record.update(G.measure_all(raw, labels, list(cfg.measures), weight.float().numpy() if own_head else None, target,
                                 quality, int(cfg.batch_size), int(cfg.batches), int(cfg.max_impostors),
                                 int(cfg.min_images), max(int(cfg.eval.intervals), 100)))
     if "norms" in record:
         record["norms"]["quality"] = "sharpness (variance of the Laplacian of the grey image)"
+    if weight is not None and not own_head and "separation" in cfg.measures:
+        record["separation_classes"] = G.separation(G.unit(weight.float().numpy()))  # independent of the data
     record["scalars"] = G.scalars(record)
     out_dir = run_directory(cfg)
     os.makedirs(out_dir, exist_ok=True)

@@ -180,14 +180,21 @@ def _readme_command_lines() -> list[tuple[str, list[str]]]:
             if ": error:" in after:  # a mistake shown with its message
                 continue
             line = line.split("  #")[0].strip()
-            if not any(c in line for c in ("frtrain-train", "frtrain-eval", "frtrain.train")):
+            if not any(c in line for c in ("frtrain-train", "frtrain-eval", "frtrain.train", "frtrain-analyze",
+                                           "frtrain-audit")):
                 continue
             words = shlex.split(line)
+            configs = {"frtrain-train": "train", "frtrain-eval": "evaluate", "frtrain-analyze": "analyze",
+                       "frtrain-audit": "audit"}
             for i, w in enumerate(words):
                 name = os.path.basename(w)
-                if name in ("frtrain-train", "frtrain-eval") or (w == "frtrain.train" and words[i - 1] == "-m"):
+                if name in configs or (w == "frtrain.train" and words[i - 1] == "-m"):
                     args = [a for a in words[i + 1:] if a != "..."]
-                    found.append(("evaluate" if name == "frtrain-eval" else "train", args))
+                    if args and args[0] == "diff":  # frtrain-eval diff: not a Hydra command line (tested apart)
+                        break
+                    if name == "frtrain-analyze":  # data=<path> reads as dataset=<path>
+                        args = ["dataset=" + a[5:] if a.startswith("data=") else a for a in args]
+                    found.append((configs.get(name, "train"), args))
                     break
     return found
 
