@@ -4,6 +4,9 @@
     frtrain-compare head=arcface,cosface seeds=3 protocol=lfw_half_a,lfw_half_b paths.datasets=/data baseline=arcface
     frtrain-compare report runs/compare/<name> [more run directories] [baseline=arcface]   # report only
 
+A report-only rewrite keeps the grid's command line (from the earlier comparison.json) and wall time
+(wall_time.json), and adds its own command line.
+
 The grid is every value of ``head`` times every value of any other swept override (Hydra's ``key=a,b`` syntax;
 ``protocol=lfw_half_a,lfw_half_b`` scores two halves of a data set, a *split*) times seeds ``0 .. seeds-1``. Each
 cell is one ``frtrain-train`` process (what Hydra's multirun would run) in ``<out>/runs/<head>/[<key>-<value>/]
@@ -246,6 +249,17 @@ def run_grid(grid: Grid, out: Path) -> dict[str, int]:
     return counts
 
 
+def grid_command(out: Path) -> str | None:
+    """The grid command line an earlier report in ``out`` recorded (comparison.json), so that a report rewritten by
+    ``frtrain-compare report`` still says what trained the runs; None without one."""
+    f = out / "comparison.json"
+    try:
+        command = json.loads(f.read_text()).get("command") if f.is_file() else None
+    except (json.JSONDecodeError, AttributeError, OSError):
+        return None
+    return command if isinstance(command, str) and not command.startswith("frtrain-compare report") else None
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_third_party_warnings("frtrain-compare")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -263,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{bad[0] + ': not an option of frtrain-compare report; ' if bad else ''}{USAGE}")
             out = Path(opts.get("out", dirs[0]))
             runs = find_runs(dirs)
-            write_report(runs, out, "frtrain-compare " + " ".join(argv), opts.get("baseline"),
-                         int(opts.get("resamples", 10_000)), opts.get("publish"))
+            this = "frtrain-compare " + " ".join(argv)
+            write_report(runs, out, grid_command(out) or this, opts.get("baseline"),
+                         int(opts.get("resamples", 10_000)), opts.get("publish"), report_command=this)
             print(f"frtrain-compare: {len(runs)} runs; report in {out / 'comparison.md'}", flush=True)
             return 0
         grid = parse(argv)

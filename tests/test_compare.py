@@ -283,4 +283,20 @@ def test_the_geometry_section_reads_results_json_or_a_frtrain_analyze_record(tmp
     assert report["geometry"]["arcface"]["pairs/d_prime"]["mean"] == 1.5
     assert report["geometry"]["unpg"]["pairs/d_prime"]["mean"] == 2.25
     md = markdown(report, "cmd", {})
-    assert "## Geometry" in md and "| unpg | 2.25 [2.25, 2.25] |" in md
+    assert "## Geometry" in md and "| unpg | 1 | 2.25 |" in md  # one seed: the value, no interval
+
+
+def test_a_report_only_rewrite_keeps_the_grid_command_and_its_wall_time(tmp_path, capsys):
+    _fake_run(tmp_path / "grid", "arcface"), _fake_run(tmp_path / "grid", "unpg")
+    grid = "frtrain-compare head=arcface,unpg seeds=1 out=" + str(tmp_path / "grid")
+    (tmp_path / "grid" / "comparison.json").write_text(json.dumps({"command": grid}))
+    (tmp_path / "grid" / "wall_time.json").write_text(json.dumps({"seconds": 600.0, "trained": 2, "resumed": 0,
+                                                                  "reused": 0}))
+    assert main(["report", str(tmp_path / "grid"), "resamples=100"]) == 0
+    md = (tmp_path / "grid" / "comparison.md").read_text()
+    assert f"Command: `{grid}`" in md
+    assert f"Report written by: `frtrain-compare report {tmp_path / 'grid'} resamples=100`" in md
+    assert "Wall time of the grid: 10.0 min (2 runs trained" in md
+    # a second rewrite still finds the grid's command, not the first rewrite's
+    assert main(["report", str(tmp_path / "grid"), "resamples=100"]) == 0
+    assert json.loads((tmp_path / "grid" / "comparison.json").read_text())["command"] == grid

@@ -18,8 +18,12 @@ def _pct(x: float) -> str:
 
 
 def markdown(report: dict, command: str, plots: dict[str, str]) -> str:
-    lines = ["# Head comparison", "",
-             f"Command: `{command}`", "",
+    """The report as Markdown. ``command`` made the grid; a report rewritten later by ``frtrain-compare report``
+    also names that command (``report["report_command"]``)."""
+    lines = ["# Head comparison", "", f"Command: `{command}`", ""]
+    if report.get("report_command"):
+        lines += [f"Report written by: `{report['report_command']}`", ""]
+    lines += [
              f"{report['runs']} runs: heads {', '.join(report['heads'])}; splits {', '.join(report['splits'])}. "
              "Accuracy: the fraction of pairs classified correctly at their fold's threshold, the splits' pairs "
              "pooled (template protocols: TAR@FAR=1e-4 by insightface's rule), as mean and 95% confidence interval "
@@ -61,12 +65,19 @@ def markdown(report: dict, command: str, plots: dict[str, str]) -> str:
         lines += ["Within each split, the runs' composed configs (config.yaml) differ only in the head and the seed.", ""]
     lines += ["Training time (minutes, all seeds and splits): "
               + ", ".join(f"{h} {m:.1f}" for h, m in report["train_minutes"].items()), ""]
+    wall = report.get("wall_time")
+    if wall:
+        lines += [f"Wall time of the grid: {wall['seconds'] / 60:.1f} min ({wall.get('trained', '?')} runs trained, "
+                  f"{wall.get('resumed', '?')} resumed, {wall.get('reused', '?')} reused; wall_time.json).", ""]
     return "\n".join(lines)
 
 
 def geometry_markdown(table: dict) -> list[str]:
-    """The "Geometry" section: each head's geometry scalars (frtrain-analyze's measures, docs/analysis.md), mean and
-    95% interval over seeds."""
+    """The "Geometry" section: each measured head's geometry scalars (frtrain-analyze's measures, docs/analysis.md),
+    mean and 95% interval over seeds (the value alone where one seed was measured); heads without a measurement are
+    listed, not tabulated."""
+    missing = [h for h, v in table.items() if not v]
+    table = {h: v for h, v in table.items() if v}
     if not table:
         return []
     keys = sorted({k for v in table.values() for k in v})
@@ -75,14 +86,21 @@ def geometry_markdown(table: dict) -> list[str]:
              "of identities whose genuine pairs all beat their impostors (UNPG); separation: nearest-neighbour angle, "
              "degrees (NPT, margin heads); shape: intra-class anisotropy and effective rank (IntraLoss); margins: "
              "nearest-other minus own centre angle, degrees, and the share below 0 (IE, Margin Loss); norms: Spearman "
-             "of feature norm against sharpness (AdaFace, MagFace).", "",
-             "| head | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+             "of feature norm against sharpness (AdaFace, MagFace). Each seed's value is the mean over its splits."
+             + (f" Not measured: {', '.join(missing)}." if missing else ""), "",
+             "| head | seeds | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for head, values in table.items():
         cells = []
         for k in keys:
             v = values.get(k)
-            cells.append("—" if v is None else f"{v['mean']:.3g} [{v['low']:.3g}, {v['high']:.3g}]")
-        lines.append(f"| {head} | " + " | ".join(cells) + " |")
+            if v is None:
+                cells.append("—")
+            elif v["seeds"] < 2:
+                cells.append(f"{v['mean']:.3g}")
+            else:
+                cells.append(f"{v['mean']:.3g} [{v['low']:.3g}, {v['high']:.3g}]")
+        seeds = max(v["seeds"] for v in values.values())
+        lines.append(f"| {head} | {seeds} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -123,8 +141,21 @@ def plot(report: dict, directory: Path, stem: str = "") -> dict[str, str]:
 
 
 def write_report(runs: list[Run], out: Path, command: str, baseline: str | None, resamples: int,
-                 publish: str | None = None) -> dict:
+                 publish: str | None = None, report_command: str | None = None) -> dict:
+    """Writes the report into ``out`` (and ``publish``). ``command`` is the grid's command line; ``report_command``,
+    when given, the ``frtrain-compare report`` line that rewrote it. ``out/wall_time.json``, where the grid left
+    one, goes into the report."""
     report = build_report(runs, baseline, resamples)
+    if report_command:
+        report["report_command"] = report_command
+    wall = out / "wall_time.json"
+    if wall.is_file():
+        try:
+            record = json.loads(wall.read_text())
+            if isinstance(record, dict) and isinstance(record.get("seconds"), (int, float)):
+                report["wall_time"] = record
+        except json.JSONDecodeError:
+            pass
     out.mkdir(parents=True, exist_ok=True)
     plots = plot(report, out)
     (out / "comparison.md").write_text(markdown(report, command, plots))
