@@ -58,6 +58,31 @@ class LoaderConfig:
 
 
 @dataclass
+class WatchConfig:
+    """Thresholds of the trainer's watchdog checks (``trainer.watch``; :mod:`frtrain.engine.watchdog`)."""
+
+    chance_after: float = 1.0  # share of the warm-up after which the loss must be below the chance loss
+    chance_tolerance: float = 0.01  # ... by at least this share of it (and by twice its standard error)
+    flat_window: int = 100  # the latest half (lr >= a tenth of its peak) against the first half after warm-up
+    flat_tolerance: float = 0.05  # the latest half-window must be this much (relative) below the first after warm-up
+    spike_factor: float = 100.0  # a gradient norm this many times the running median is a spike
+    collapse_std: float = 1e-3  # mean per-dimension std of a batch's normalised embeddings below this: collapsed
+    chance_accuracy_after: float = 0.5  # share of the run after which verification must beat chance_accuracy
+    chance_accuracy: float = 0.55
+
+    def __post_init__(self) -> None:
+        _require(self.chance_after > 0, "trainer.watch.chance_after", self.chance_after, "a positive share of the warm-up")
+        _require(0 <= self.chance_tolerance < 1, "trainer.watch.chance_tolerance", self.chance_tolerance, "in [0, 1)")
+        _require(self.flat_window >= 4, "trainer.watch.flat_window", self.flat_window, "4 steps or more")
+        _require(self.flat_tolerance >= 0, "trainer.watch.flat_tolerance", self.flat_tolerance, "0 or more")
+        _require(self.spike_factor > 1, "trainer.watch.spike_factor", self.spike_factor, "a factor above 1")
+        _require(self.collapse_std >= 0, "trainer.watch.collapse_std", self.collapse_std, "0 or more")
+        _require(0 <= self.chance_accuracy_after <= 1, "trainer.watch.chance_accuracy_after",
+                 self.chance_accuracy_after, "a share of the run in [0, 1]")
+        _require(0 <= self.chance_accuracy <= 1, "trainer.watch.chance_accuracy", self.chance_accuracy, "in [0, 1]")
+
+
+@dataclass
 class TrainerConfig:
     """The training loop (``configs/trainer/default.yaml``); every field checked in ``__post_init__``."""
 
@@ -79,6 +104,8 @@ class TrainerConfig:
     threads: Union[int, str] = "auto"  # torch CPU threads of each rank; auto: its share of the cores
     progress: bool = True  # tqdm bar
     dist_timeout: float = 60.0  # seconds the ranks of a torchrun job wait for each other to join
+    watchdog: str = "warn"  # warn | stop | off: checks that the run is learning (frtrain.engine.watchdog)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
     def __post_init__(self) -> None:
         _require(self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)) is not None,
@@ -105,6 +132,9 @@ class TrainerConfig:
         _require(self.threads == "auto" or (isinstance(self.threads, int) and self.threads >= 1), "trainer.threads",
                  self.threads, "auto or a positive integer")
         _require(self.dist_timeout > 0, "trainer.dist_timeout", self.dist_timeout, "a positive number of seconds")
+        _require(self.watchdog in ("warn", "stop", "off"), "trainer.watchdog", self.watchdog, "warn, stop or off")
+        if not isinstance(self.watch, WatchConfig):  # a config node: its own checks
+            check_typed(self.watch, WatchConfig)
         for key in ("resume", "init_from"):  # a path that is not there is a config mistake: say it before any work
             value = getattr(self, key)
             if value not in (None, "", "auto", "latest", "null", "none", "true", "false") and \

@@ -34,6 +34,7 @@ def test_short_run_loss_falls_and_verification_accuracy_rises_well_above_chance(
     assert results["synthetic"]["accuracy"] == pytest.approx(acc[200])
     assert (out / "checkpoints" / "best.pt").is_file() and (out / "checkpoints" / "step-00000200.pt").is_file()
     assert (out / "config.yaml").is_file() and list((out / "tb").glob("events.out.tfevents.*"))
+    assert summary["watchdog"] == [], summary["watchdog"]  # a healthy run: no check fires (tests/test_watchdog.py)
 
 
 RESUME = ["eval=none", "trainer.max_steps=12", "trainer.checkpoint_every=6", "trainer.keep_last=5",

@@ -104,7 +104,7 @@ class RunLog:
         self.last_geometry = record
 
     def write_results(self, results: dict, state, best_checkpoint: str | None, train_seconds: float,
-                      corrupt: list[str]) -> None:
+                      corrupt: list[str], watchdog: list[dict] | None = None) -> None:
         """``results.json`` (final and best scores, history, time, corrupt images), ``pairs/<benchmark>.npz`` (each
         pair's cosine, label, fold and outcome at the final evaluation: what frtrain-compare pairs up) and
         ``corrupt_images.txt`` (every skipped file, once) when there were any."""
@@ -122,6 +122,7 @@ class RunLog:
             "train_seconds": train_seconds,
             "corrupt_images_skipped": len(corrupt),
             "history": self.history,
+            "watchdog": list(watchdog or []),  # the checks that fired (frtrain.engine.watchdog), in order
         }
         if self.last_geometry is not None:
             from frtrain.evaluation.geometry import scalars

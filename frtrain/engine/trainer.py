@@ -30,6 +30,7 @@ from frtrain.engine import sharded_state
 from frtrain.engine.interrupts import InterruptGuard
 from frtrain.engine.model_record import check_compatible
 from frtrain.engine.run_log import RunLog, Throughput
+from frtrain.engine.watchdog import Watchdog, WatchdogStopped, chance_loss, gradient_norm
 from frtrain.errors import CheckpointError, FrtrainError, Interrupted, first_line
 from frtrain.runtime import resolve_device, resolve_precision
 
@@ -120,6 +121,11 @@ class Trainer:
 
             self.geometry = TrainingGeometry(dataset, analysis, target_margin_degrees)
         self.corrupt = CorruptImages(dataset)
+        schedule = scheduler.lr_lambdas[0] if getattr(scheduler, "lr_lambdas", None) else None
+        self.schedule_factor = schedule if callable(schedule) else (lambda step: 1.0)
+        self.base_lr = float(getattr(scheduler, "base_lrs", [optimizer.param_groups[0]["lr"]])[0])
+        self.watchdog = Watchdog(options.watchdog, options.watch, out_dir, self.log.writer, self.total_steps,
+                                 int(getattr(schedule, "warmup_steps", 0) or 0))
         self.meter = Throughput()
         self.train_seconds = 0.0
         self.steps_run = 0  # optimiser steps taken by this process (a resumed run counts from 0)
@@ -227,10 +233,16 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             embeddings = self.model(x)
-        loss = self.head(embeddings, labels.to(self.device, non_blocking=True))
+        labels = labels.to(self.device, non_blocking=True)
+        loss = self.head(embeddings, labels)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss is {float(loss.detach())} at step {self.state.step + 1}; lower optim.lr")
         self.scaler.scale(loss / self.accumulate).backward()
+        step = self.state.step + 1
+        self.watchdog.micro_batch(step, float(loss.detach()), embeddings)
+        if self.watchdog.need_chance_loss(step):
+            with self.autocast():  # the loss against the same head with the labels shuffled
+                self.watchdog.chance(step, float(loss.detach()), chance_loss(self.head, embeddings, labels))
         self.state.batch_in_epoch += 1
         if skipped:
             first = not self.corrupt.seen
@@ -256,6 +268,9 @@ class Trainer:
                                          [p for p in params if id(p) in rows], float(self.opts.clip_grad_norm))
             if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
                 raise TrainingDiverged(f"gradient norm is {grad_norm} at step {self.state.step + 1}; lower optim.lr")
+        elif self.watchdog.active:  # this process's gradients, unscaled (the spike check)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = gradient_norm(params, float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -264,6 +279,8 @@ class Trainer:
         self.state.step += 1
         self.steps_run += 1
         self.state.images_seen += self.global_batch
+        self.watchdog.step(self.state.step, self.optimizer.param_groups[0]["lr"],
+                           self.base_lr * float(self.schedule_factor(self.state.step)), grad_norm)
         return grad_norm
 
     def end_of_step(self, progress, grad_norm: float | None) -> None:
@@ -279,6 +296,7 @@ class Trainer:
             self.meter.reset()
             self.log.step(self.state, progress, loss, self.optimizer.param_groups[0]["lr"], speed, grad_norm,
                           len(self.corrupt), getattr(self.head, "stats", {}))
+        self.stop_if_the_watchdog_says()  # before this step's evaluation and checkpoint
         if last:
             return
         with self.meter.paused():  # keep evaluation and saving out of the images/s figure
@@ -324,7 +342,7 @@ class Trainer:
                 gathered = D.gather_objects(self.corrupt.paths())
                 best = os.path.join(self.ckpt_dir, "best.pt") if self.state.best_step >= 0 else None
                 corrupt = sorted({p for paths in gathered for p in paths}) if gathered is not None else []  # rank 0
-                self.log.write_results(results, self.state, best, self.train_seconds, corrupt)
+                self.log.write_results(results, self.state, best, self.train_seconds, corrupt, self.watchdog.fired)
                 return results
         except KeyboardInterrupt:
             progress.close()
@@ -332,6 +350,23 @@ class Trainer:
         finally:
             progress.close()
             self.close()
+
+    def stop_if_the_watchdog_says(self) -> None:
+        """With ``trainer.watchdog=stop``: raise :class:`WatchdogStopped` once a check has fired during the steps (rank
+        0's checks decide; with several ranks they agree at logging steps), naming the newest checkpoint, which is
+        kept (the step that fired is not saved). A check that fires at the final evaluation only goes into results.json: the run is complete."""
+        if self.watchdog.mode != "stop":
+            return
+        reason = self.watchdog.pending_stop
+        if D.world_size() > 1:
+            if self.state.step % int(self.opts.log_every) and self.state.step < self.total_steps:
+                return
+            reason = D.broadcast_object(reason)
+        if reason is None:
+            return
+        newest = self.checkpointer.newest()
+        raise WatchdogStopped(f"watchdog (trainer.watchdog=stop): {reason}; the current state was not saved; newest "
+                              f"checkpoint: {newest or 'none yet'} (trainer.watchdog=warn to go on)")
 
     def interrupted(self, consistent: bool) -> None:
         """After Ctrl-C: save if the checkpointer says so (:meth:`Checkpointer.save_on_interrupt`), and say how to
@@ -360,6 +395,8 @@ class Trainer:
             results = score_benchmarks(self.benchmarks, embedder, skip=() if final else self.final_only)
             for name, r in results.items():
                 self.log.result(self.state.step, name, r)
+                if r.roc.get("fpr"):  # a verification protocol: chance is 50%
+                    self.watchdog.evaluation(self.state.step, name, r.accuracy)
             if self.geometry is not None:
                 self.log_geometry(embedder)
             best = results[self.select].accuracy if self.select in results else None
