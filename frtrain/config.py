@@ -462,6 +462,9 @@ def validate_train(cfg: DictConfig) -> None:
         raise ConfigError(f"eval.final_only: {', '.join(unknown)} is not a benchmark of this run "
                           f"(benchmarks: {', '.join(benchmark_nodes(cfg)) or 'none'})")
     check_typed(cfg.data.loader, LoaderConfig)
+    if str(cfg.data.get("_target_", "")).endswith(".ShardFaces") and cfg.eval.get("analysis"):
+        raise ConfigError("eval.analysis reads training images by index; data=wds streams them (run frtrain-analyze "
+                          "on a folder or .rec instead)")
     backbone = dry_build("backbone", cfg.backbone)
     dry_build("head", cfg.head, embedding_size=int(backbone.embedding_size), num_classes=1_000_000)
     check_node("data", cfg.data, exclude=("loader",), input_size=tuple(backbone.input_size))
@@ -481,7 +484,8 @@ def validate_train(cfg: DictConfig) -> None:
 
 #: what a training reader expects under data.root, by target
 _DATA_LAYOUTS = {"frtrain.data.folder.FaceFolder": "one folder per identity: <root>/<identity>/<image>",
-                 "frtrain.data.recordio.RecordFaces": "insightface's train.rec and train.idx"}
+                 "frtrain.data.recordio.RecordFaces": "insightface's train.rec and train.idx",
+                 "frtrain.data.shard_stream.ShardFaces": "WebDataset shards and their index.json (frtrain.tools.folder2wds)"}
 
 
 def check_data_root(cfg: DictConfig) -> None:

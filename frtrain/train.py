@@ -25,6 +25,7 @@ from frtrain import distributed as D
 from frtrain.backbones.common import check_backbone
 from frtrain.cli import hydra_entry_point, run_directory
 from frtrain.data.loader import ResumableBatchSampler, make_loader
+from frtrain.data.shard_stream import ShardFaces, ShardLoader, ShardStream
 from frtrain.runtime import resolve_device, resolve_threads, resolve_workers
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine.build import build, build_benchmarks, embed_options
@@ -105,12 +106,16 @@ def build_trainer(cfg: DictConfig, out_dir: str):
     dataset = build("data", cfg.data, exclude=("loader",), input_size=backbone.input_size)
     head = build("head", cfg.head, embedding_size=backbone.embedding_size, num_classes=dataset.num_classes)
     backbone, head = backbone.to(device), head.to(device)
-    sampler = ResumableBatchSampler(len(dataset), loader_cfg.batch_size, cfg.seed, D.rank(), D.world_size())
     pin = device.type == "cuda" if loader_cfg.pin_memory == "auto" else bool(loader_cfg.pin_memory)
-    # worker seeds come from the loader's own generator, so the global RNG (dropout, Partial FC sampling)
-    # advances the same way whether or not a run was interrupted and resumed
-    loader = make_loader(dataset, sampler, workers, pin, loader_cfg.prefetch_factor,
-                         generator=torch.Generator().manual_seed(cfg.seed))
+    if isinstance(dataset, ShardFaces):  # a stream of shards: its plan is the sampler (frtrain.data.shard_stream)
+        sampler = ShardStream(dataset, loader_cfg.batch_size, cfg.seed, D.rank(), D.world_size(), workers)
+        loader = ShardLoader(sampler, workers, pin, loader_cfg.prefetch_factor)
+    else:
+        sampler = ResumableBatchSampler(len(dataset), loader_cfg.batch_size, cfg.seed, D.rank(), D.world_size())
+        # worker seeds come from the loader's own generator, so the global RNG (dropout, Partial FC sampling)
+        # advances the same way whether or not a run was interrupted and resumed
+        loader = make_loader(dataset, sampler, workers, pin, loader_cfg.prefetch_factor,
+                             generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch, total_steps = schedule_length(sampler.batches_per_epoch, opts)
     backbone_params = [p for p in backbone.parameters() if p.requires_grad]
     optimizer = build("optim", cfg.optim)([{"params": backbone_params}] + head.param_groups())

@@ -1,16 +1,19 @@
-"""Training-data throughput: images/s per DataLoader worker from insightface RecordIO and from identity folders.
+"""Training-data throughput: images/s per DataLoader worker from insightface RecordIO, identity folders and WebDataset
+shards.
 
     python scripts/bench_data.py                               # synthetic 112x112 JPEG faces
     python scripts/bench_data.py --lfw $LFW      # real aligned LFW JPEGs (13,233 images)
 
-The same images are read both ways: the folder tree (``data=folder``) and a ``train.rec``/``train.idx`` written
-from it by scripts/folder2rec.py (``data=rec``, the JPEG bytes unchanged). Each sample is what training gets:
+The same images are read three ways: the folder tree (``data=folder``), a ``train.rec``/``train.idx`` written
+from it by scripts/folder2rec.py (``data=rec``, the JPEG bytes unchanged) and WebDataset shards written by
+scripts/folder2wds.py (``data=wds``: 1,000 samples a shard, read as a stream with a 1,000-sample shuffle buffer). Each sample is what training gets:
 decoded, resized to 112x112 if needed, the default augmentation (horizontal flip, p = 0.5), a (3, 112, 112) uint8
 tensor. Every file is read once before timing, so the page cache holds them: this measures decoding and
 augmentation, not the disk.
 
-Rows: ``main process`` (no DataLoader: the dataset indexed in a loop on one core, the cost per core) and
-DataLoader runs with 1..N workers (batches of 128 from the training sampler, as the trainer loads them).
+Rows: ``main process`` (no DataLoader: the dataset indexed in a loop on one core, the cost per core; for shards the
+stream's batches, collation included) and DataLoader runs with 1..N workers (batches of 128 from the training
+sampler or the shard stream, as the trainer loads them).
 Median of ``--repeats`` passes over ``--images`` images. Writes docs/bench_data.json and a section of
 docs/benchmarks.md.
 """
@@ -47,13 +50,25 @@ def source_tree(args) -> tuple[str, str]:
 def build(kind: str, root: str, rec_dir: str):
     from frtrain.data.folder import FaceFolder
     from frtrain.data.recordio import RecordFaces
+    from frtrain.data.shard_stream import ShardFaces
 
+    if kind == "wds":
+        return ShardFaces(os.path.join(rec_dir, "wds"), input_size=(112, 112), augment=AUGMENT)
     if kind == "rec":
         return RecordFaces(rec_dir, input_size=(112, 112), augment=AUGMENT)
     return FaceFolder(root, input_size=(112, 112), augment=AUGMENT, index_cache=False)
 
 
 def in_process(dataset, n: int) -> float:
+    from frtrain.data.shard_stream import ShardFaces, ShardStream
+
+    if isinstance(dataset, ShardFaces):  # a stream: its batches in this process
+        start, seen = time.perf_counter(), 0
+        for images, _, _ in ShardStream(dataset, 128, workers=0):
+            seen += images.shape[0]
+            if seen >= n:
+                break
+        return seen / (time.perf_counter() - start)
     start = time.perf_counter()
     for i in range(n):
         dataset[(i % len(dataset), i)]
@@ -62,9 +77,13 @@ def in_process(dataset, n: int) -> float:
 
 def with_loader(dataset, n: int, workers: int, batch: int) -> float:
     from frtrain.data.loader import ResumableBatchSampler, make_loader
+    from frtrain.data.shard_stream import ShardFaces, ShardLoader, ShardStream
 
-    sampler = ResumableBatchSampler(len(dataset), batch, seed=0)
-    loader = make_loader(dataset, sampler, workers, pin_memory=False, prefetch_factor=4, persistent=False)
+    if isinstance(dataset, ShardFaces):
+        loader = ShardLoader(ShardStream(dataset, batch, workers=workers), workers, False, prefetch_factor=4)
+    else:
+        sampler = ResumableBatchSampler(len(dataset), batch, seed=0)
+        loader = make_loader(dataset, sampler, workers, pin_memory=False, prefetch_factor=4, persistent=False)
     batches = max(1, n // batch)
     seen, start = 0, None
     for i, (images, _, _) in enumerate(loader):
@@ -109,6 +128,7 @@ def main(argv=None) -> None:
 
     from benchdocs import run_record, write_section
     from folder2rec import main as folder2rec
+    from folder2wds import main as folder2wds
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -118,7 +138,8 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as rec_dir:
         folder2rec([root, rec_dir])
-        datasets = {kind: build(kind, root, rec_dir) for kind in ("rec", "folder")}
+        folder2wds([root, os.path.join(rec_dir, "wds"), "--max-count", "1000"])
+        datasets = {kind: build(kind, root, rec_dir) for kind in ("rec", "folder", "wds")}
         n = min(args.images, len(datasets["rec"]))
         for ds in datasets.values():  # warm the page cache and the decoders
             in_process(ds, min(len(ds), 2 * n))
@@ -132,7 +153,8 @@ def main(argv=None) -> None:
                 print(f"{kind} {w} workers: {speed:,.0f} images/s ({speed / w:,.0f} per worker)", flush=True)
         num_images = len(datasets["rec"])
     rec_core = next(r["images_per_s"] for r in rows if r["source"] == "rec" and r["workers"] == 0)
-    reading = (f"One core decodes {rec_core:,.0f} images/s from .rec "
+    wds_core = next(r["images_per_s"] for r in rows if r["source"] == "wds" and r["workers"] == 0)
+    reading = (f"One core decodes {rec_core:,.0f} images/s from .rec and {wds_core:,.0f} from shards "
                f"({'at or above' if rec_core >= TARGET_PER_CORE else 'below'} the {TARGET_PER_CORE:,}/core target); "
                f"16 such cores would feed {16 * rec_core:,.0f} images/s. Worker rows on this machine share its "
                f"{cores} cores with the main process, so per-worker figures above {cores - 1} worker(s) also pay "

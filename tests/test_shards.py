@@ -58,6 +58,8 @@ def test_folder_to_shards_round_trip_is_byte_identical_and_bounded(tmp_path):
     assert [s["samples"] for s in index["shards"]] == [4, 4, 2]
     assert sorted(os.listdir(out)) == ["000000.tar", "000001.tar", "000002.tar", "index.json"]
     assert read_index(str(out))["samples"] == 10
+    assert folder2wds.main([str(tmp_path / "faces"), str(tmp_path / "again"), "--max-count", "4"]) == 0
+    assert all((out / n).read_bytes() == (tmp_path / "again" / n).read_bytes() for n in ("000000.tar", "000002.tar"))
     # a byte bound: each shard closes before its images pass it (one image per shard when one fills it)
     assert folder2wds.main([str(tmp_path / "faces"), str(tmp_path / "small"), "--max-bytes", "1"]) == 0
     assert [s["samples"] for s in read_index(str(tmp_path / "small"))["shards"]] == [1] * 10
