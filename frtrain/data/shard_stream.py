@@ -29,6 +29,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+import webdataset as wds  # imported here, before any loader worker is forked
 from torch.utils.data import IterableDataset
 
 from frtrain.data.base import ImageDataset, collate
@@ -160,8 +161,6 @@ class ShardStream(IterableDataset):
     def raw_samples(self, slot: int) -> Iterator[dict]:
         """The slot's raw samples in its epoch order: its shards read in turn (webdataset), through the shuffle
         buffer; the shards again from the start if corrupt samples used them up."""
-        import webdataset as wds
-
         urls = [self.faces.shard_url(i) for i in self.slot_shards(self.epoch, slot)]
 
         def handler(exn):

@@ -125,7 +125,7 @@ class Trainer:
         self.schedule_factor = schedule if callable(schedule) else (lambda step: 1.0)
         self.base_lr = float(getattr(scheduler, "base_lrs", [optimizer.param_groups[0]["lr"]])[0])
         self.watchdog = Watchdog(options.watchdog, options.watch, out_dir, self.log.writer, self.total_steps,
-                                 int(getattr(schedule, "warmup_steps", 0) or 0))
+                                 int(getattr(schedule, "warmup_steps", 0) or 0), quiet=not self.is_main)
         self.meter = Throughput()
         self.train_seconds = 0.0
         self.steps_run = 0  # optimiser steps taken by this process (a resumed run counts from 0)

@@ -97,8 +97,10 @@ class Watchdog:
     schedule's lr, gradient norm), :meth:`evaluation` (a benchmark's accuracy) and :meth:`need_chance_loss`.
     """
 
-    def __init__(self, mode: str, options, out_dir: str, writer, total_steps: int, warmup_steps: int):
+    def __init__(self, mode: str, options, out_dir: str, writer, total_steps: int, warmup_steps: int,
+                 quiet: bool = False):
         self.mode, self.opts, self.out_dir, self.writer = mode, options, out_dir, writer
+        self.quiet = quiet  # the ranks other than 0 check (in step: the chance loss can be a collective) but say nothing
         self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
         share = float(options.chance_after)
         self.chance_step = (max(1, round(share * warmup_steps)) if warmup_steps > 0
@@ -139,7 +141,7 @@ class Watchdog:
         d = chance - loss
         se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
         first = max(1, step - CHANCE_STEPS + 1)
-        log.info("watchdog: steps %d-%d: loss %.4g, chance loss %.4g, difference %.3g (standard error %.2g)", first,
+        (log.debug if self.quiet else log.info)("watchdog: steps %d-%d: loss %.4g, chance loss %.4g, difference %.3g (standard error %.2g)", first,
                  step, loss.mean(), chance.mean(), d.mean(), se)
         if d.mean() <= 2 * se or d.mean() <= float(self.opts.chance_tolerance) * chance.mean():
             when = (f"{self.opts.chance_after:g} of the warm-up" if self.warmup_steps else "a tenth of the run, no warm-up")
@@ -223,7 +225,8 @@ class Watchdog:
         entry = {"check": check, "step": int(step), "message": message,
                  **{k: float(v) for k, v in numbers.items()}}
         self.fired.append(entry)
-        log.warning("watchdog: %s", message)
+        if not self.quiet:
+            log.warning("watchdog: %s", message)
         if self.writer is not None:
             self.writer.add_text(f"watchdog/{check}", message, step)
             self.writer.add_scalar(f"watchdog/{check}", 1.0, step)
