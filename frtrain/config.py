@@ -106,6 +106,10 @@ class TrainerConfig:
     dist_timeout: float = 60.0  # seconds the ranks of a torchrun job wait for each other to join
     watchdog: str = "warn"  # warn | stop | off: checks that the run is learning (frtrain.engine.watchdog)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    plan: Union[bool, str] = "auto"  # memory plan before the first step: true | false | auto (on CUDA only)
+    device_memory_gb: Optional[float] = None  # the plan's device memory (null: the GPU's, or the available RAM)
+    plan_classes: Optional[int] = None  # the plan's class count (null: from the data's index, without its images)
+    plan_ranks: Optional[int] = None  # ranks the plan shards the class vectors over (null: WORLD_SIZE)
 
     def __post_init__(self) -> None:
         _require(self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)) is not None,
@@ -133,6 +137,13 @@ class TrainerConfig:
                  self.threads, "auto or a positive integer")
         _require(self.dist_timeout > 0, "trainer.dist_timeout", self.dist_timeout, "a positive number of seconds")
         _require(self.watchdog in ("warn", "stop", "off"), "trainer.watchdog", self.watchdog, "warn, stop or off")
+        _require(self.plan in (True, False, "auto"), "trainer.plan", self.plan, "true, false or auto")
+        _require(self.device_memory_gb is None or self.device_memory_gb > 0, "trainer.device_memory_gb",
+                 self.device_memory_gb, "a positive number of GiB or null")
+        _require(self.plan_classes is None or self.plan_classes >= 2, "trainer.plan_classes", self.plan_classes,
+                 "at least 2 classes or null")
+        _require(self.plan_ranks is None or self.plan_ranks >= 1, "trainer.plan_ranks", self.plan_ranks,
+                 "a positive number of ranks or null")
         if not isinstance(self.watch, WatchConfig):  # a config node: its own checks
             check_typed(self.watch, WatchConfig)
         for key in ("resume", "init_from"):  # a path that is not there is a config mistake: say it before any work
@@ -442,8 +453,11 @@ def benchmark_nodes(cfg: DictConfig) -> dict[str, tuple[str, Any]]:
     return nodes
 
 
-def validate_train(cfg: DictConfig) -> None:
+def validate_train(cfg: DictConfig, for_plan: bool = False) -> None:
     """Check every node of a training config, cheaply, before any data is read or generated.
+
+    ``for_plan`` (frtrain-plan): the run may target a device this machine lacks, and with
+    ``trainer.plan_classes`` its data need not be here.
 
     Keys and types of every ``_target_`` node are checked against its target; the backbone and the head
     are built on the ``meta`` device (no memory, no data needed: the head with a placeholder class
@@ -455,7 +469,8 @@ def validate_train(cfg: DictConfig) -> None:
     _require(isinstance(cfg.get("seed"), int), "seed", cfg.get("seed"), "an integer")
     check_schema_keys(cfg)
     check_typed(cfg.trainer, TrainerConfig)  # the typed nodes check their own fields (__post_init__)
-    check_device_and_precision(cfg.trainer.device, cfg.trainer.precision)
+    if not for_plan:
+        check_device_and_precision(cfg.trainer.device, cfg.trainer.precision)
     check_typed(cfg.eval, EvalConfig, skip=("benchmarks",))
     unknown = [n for n in cfg.eval.get("final_only") or [] if n not in benchmark_nodes(cfg)]
     if unknown:
@@ -468,7 +483,8 @@ def validate_train(cfg: DictConfig) -> None:
     backbone = dry_build("backbone", cfg.backbone)
     dry_build("head", cfg.head, embedding_size=int(backbone.embedding_size), num_classes=1_000_000)
     check_node("data", cfg.data, exclude=("loader",), input_size=tuple(backbone.input_size))
-    check_data_root(cfg)
+    if not (for_plan and cfg.trainer.get("plan_classes")):
+        check_data_root(cfg)
     for name, node in (cfg.data.get("augment") or {}).items():
         if node is not None:
             check_node(f"data.augment.{name}", node)

@@ -29,6 +29,7 @@ from frtrain.data.shard_stream import ShardFaces, ShardLoader, ShardStream
 from frtrain.runtime import resolve_device, resolve_threads, resolve_workers
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine.build import build, build_benchmarks, embed_options
+from frtrain.engine.memory_plan import check_before_training
 from frtrain.evaluation.provenance import model_record, resolved_nodes, settings_provenance
 from frtrain.evaluation.training_geometry import target_margin_degrees
 from frtrain.engine.run_dir import RunDirectoryBusy, RunLock, remove_unstarted, untouched
@@ -70,6 +71,8 @@ def train(cfg: DictConfig) -> dict:
             raise RunDirectoryBusy(message)
         if D.is_main():
             ckpt_io.remove_stale_temporaries(os.path.join(out_dir, "checkpoints"))
+        # the memory plan (trainer.plan): before any data is generated or read; every rank refuses alike
+        check_before_training(cfg, out_dir if D.is_main() else None, ranks=D.world_size())
         trainer = build_trainer(cfg, out_dir)
         trainer.restore()
         results = trainer.fit()

@@ -33,11 +33,9 @@ BEGIN, END = "<!-- bench_scale:begin -->", "<!-- bench_scale:end -->"
 
 
 def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    from scripts.benchdocs import status_kib
+
+    return status_kib(field)
 
 
 def _worker(rank: int, world: int, args, sample_rate: float, device_type: str, init_file: str, out_dir: str,

@@ -38,3 +38,12 @@ def run_record(script: str, argv, args=None, rows=None, **extra) -> dict:
         record["rows"] = rows
     record.update(extra)
     return record
+
+
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS: the resident set now, VmHWM: its peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")

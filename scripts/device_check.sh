@@ -11,9 +11,9 @@
 # present, with the machine's own PyTorch kept); 2. tests/test_cuda.py (bf16/fp16 autocast, channels_last,
 # torch.compile train like fp32); 3. bench_heads on CUDA, plain and chunked, fp32 and bf16 class vectors,
 # C = 100k and 1M; 4. bench_train, IResNet-50 at batch 128 in bf16 with and without channels_last and compile;
-# 5. bench_eval on CUDA. Outputs: device_check.log (everything printed), nvidia-smi.txt, tests.txt,
-# bench_heads.json, bench_train.json, bench_eval.json and benchmarks.md (the three sections, ready to paste into
-# docs/benchmarks.md). No prompt, no network needed once the wheels are there.
+# 5. bench_eval on CUDA; 6. bench_plan on CUDA: the memory plan against max_memory_allocated. Outputs:
+# device_check.log (everything printed), nvidia-smi.txt, tests.txt, bench_heads.json, bench_train.json,
+# bench_eval.json, bench_plan_cuda.json and benchmarks.md (the four sections, ready to paste into docs/benchmarks.md). No prompt, no network needed once the wheels are there.
 set -euo pipefail
 
 MODE=full
@@ -32,7 +32,7 @@ PY="${PYTHON:-python3}"
 # (the versions CI tests with)
 EXTRA="hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 albumentations==2.0.8 albucore==0.0.24
 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 stringzilla==5.3.2
-simsimd==6.5.16 pytest-timeout==2.4.0"
+simsimd==6.5.16 pytest-timeout==2.4.0 webdataset==1.0.2 braceexpand==0.1.7"
 
 if [[ $MODE == wheels ]]; then
   mkdir -p .whl
@@ -54,7 +54,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 step() { printf '\n=== %s  [%s, %ss since start]\n' "$1" "$(date -u +%H:%M:%S)" "$SECONDS"; }
 
 step "install"
-if "$PY" -c "import frtrain, hydra, omegaconf, albumentations, timm, pytest" 2>/dev/null; then
+if "$PY" -c "import frtrain, hydra, omegaconf, albumentations, timm, pytest, webdataset" 2>/dev/null; then
   echo "frtrain's dependencies are importable with $PY: nothing to install"
 else
   SITE="${TMPDIR:-/tmp}/frtrain-device-site"
@@ -65,7 +65,7 @@ else
     "$PY" -m pip install -q --no-deps --upgrade --target "$SITE" $EXTRA
   fi
   export PYTHONPATH="$PYTHONPATH:$SITE"
-  "$PY" -c "import frtrain, hydra, omegaconf, albumentations, timm, pytest"
+  "$PY" -c "import frtrain, hydra, omegaconf, albumentations, timm, pytest, webdataset"
 fi
 "$PY" - <<'EOF'
 import torch
@@ -80,6 +80,7 @@ if [[ $MODE == dry ]]; then
               --class-dtype float32 bfloat16 --repeats 1)
   TRAIN_ARGS=(--models iresnet_tiny --batch 8 --classes 100 --warmup 1 --repeats 1 --variants fp32 bf16)
   EVAL_ARGS=(--models iresnet_tiny --synthetic-pairs 120 --repeats 1 --workers 1)
+  PLAN_ARGS=(--device cpu --rows 0)
 else
   DEVICE=cuda
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'device_check.sh: no CUDA device; use --dry-run on CPU')"
@@ -89,6 +90,7 @@ else
   TRAIN_ARGS=(--models iresnet50 --batch 128 --warmup 3 --repeats 10
               --variants bf16 bf16+channels_last bf16+compile bf16+channels_last+compile)
   EVAL_ARGS=(--models iresnet18 iresnet50 --repeats 3 --workers 8)
+  PLAN_ARGS=(--device cuda --rows 0,3,4,5,8,9,10,11)
 fi
 
 status=0
@@ -107,6 +109,10 @@ step "bench_train ($DEVICE)"
 step "bench_eval ($DEVICE)"
 "$PY" scripts/bench_eval.py --devices "$DEVICE" "${EVAL_ARGS[@]}" \
   --json "$OUT/bench_eval.json" --markdown "$OUT/benchmarks.md" || status=1
+
+step "bench_plan ($DEVICE)"
+"$PY" scripts/bench_plan.py "${PLAN_ARGS[@]}" --out-json "$OUT/bench_plan_cuda.json" --out-md "$OUT/benchmarks.md" \
+  || status=1
 
 step "done (status $status); results in $OUT"
 ls -l "$OUT"

@@ -122,6 +122,7 @@ def test_output_dir_holds_the_whole_run(tmp_path):
     ("frtrain.interop", "frtrain-import-insightface", ["backbone=iresnet50 out=r50.pt num_classes=93431"], []),
     ("frtrain.audit", "frtrain-audit", ["train=???  (required)", "class_vectors=mean", "  benchmarks "], ["  head "]),
     ("frtrain.analyze", "frtrain-analyze", ["model=???  (required)", "dataset=None", "images_per_class=20"], ["  head "]),
+    ("frtrain.plan", "frtrain-plan", ["trainer.plan_classes=2000000", "  head ", "  trainer "], []),
 ])
 def test_every_command_answers_help_with_its_own_usage_and_options(capsys, module, program, mentions, absent):
     """Before: frtrain-compare --help was a Hydra lexer error, frtrain-eval --help listed the training groups."""

@@ -28,11 +28,12 @@ def test_dry_run_writes_every_result(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, env=env, cwd=tmp_path)
     log = (out / "device_check.log").read_text() if (out / "device_check.log").exists() else done.stdout
     assert done.returncode == 0, log[-4000:] + done.stderr[-2000:]
-    for step in ("install", "tests/test_cuda.py", "bench_heads (cpu)", "bench_train (cpu)", "bench_eval (cpu)", "done (status 0)"):
+    for step in ("install", "tests/test_cuda.py", "bench_heads (cpu)", "bench_train (cpu)", "bench_eval (cpu)", "bench_plan (cpu)",
+                 "done (status 0)"):
         assert f"=== {step}" in log, step
     names = {p.name for p in out.iterdir()}
     assert {"device_check.log", "nvidia-smi.txt", "tests.txt", "bench_heads.json", "bench_train.json",
-            "bench_eval.json", "benchmarks.md"} <= names
+            "bench_eval.json", "bench_plan_cuda.json", "benchmarks.md"} <= names
     assert len(names) <= 8  # the device tool brings back at most 8 files
 
     heads = json.loads((out / "bench_heads.json").read_text())["rows"]
@@ -42,7 +43,9 @@ def test_dry_run_writes_every_result(tmp_path):
     assert [r["variant"] for r in train] == ["fp32", "bf16"] and all(r["images_per_s"] > 0 for r in train)
     assert json.loads((out / "bench_eval.json").read_text())["rows"]
     md = (out / "benchmarks.md").read_text()
-    for section in ("bench_heads", "bench_train", "bench_eval"):
+    plan = json.loads((out / "bench_plan_cuda.json").read_text())["rows"]
+    assert len(plan) == 1 and plan[0]["predicted_bytes"] > 0 and plan[0]["measured_bytes"] > 0
+    for section in ("bench_heads", "bench_train", "bench_eval", "bench_plan"):
         assert f"<!-- {section}:begin -->" in md
     # CUDA parts skip on a machine without a GPU; the repository's docs are not touched
     assert "skipped" in (out / "tests.txt").read_text() or "passed" in (out / "tests.txt").read_text()

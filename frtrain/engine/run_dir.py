@@ -22,7 +22,7 @@ log = logging.getLogger("frtrain")
 
 LOCK_NAME = ".frtrain.lock"
 #: what a directory holds when Hydra has made it for a run that has not written anything yet
-_BEFORE_THE_RUN = {".hydra", "train.log", "config.yaml", "tb", "checkpoints", LOCK_NAME}
+_BEFORE_THE_RUN = {".hydra", "train.log", "config.yaml", "tb", "checkpoints", LOCK_NAME, "memory_plan.json"}
 
 
 class RunDirectoryBusy(FrtrainError):
