@@ -6,10 +6,10 @@ Every figure is per rank, in bytes (printed in GiB):
 
 - backbone weights (float32 master copies), their gradients and the optimiser's state (tensors per parameter
   counted by stepping the configured optimiser once on a dummy parameter: 1 for SGD with momentum, 2 for AdamW);
-- autocast's half-precision copies of the weights (bf16/fp16 runs);
 - activations: the tensors the backbone's forward pass saves for its backward pass, measured by a probe (two CPU
   forward passes, of 2 and 4 images, with uninitialised weights under the run's precision: each storage counted once,
-  parameters left out), the difference giving the bytes per image, scaled to the batch; plus the backward pass's
+  parameters left out), the difference giving the bytes per image, scaled to the batch, and what does not grow with
+  the batch (autocast's half-precision weight copies in bf16/fp16 runs); plus the backward pass's
   working set, the largest saved tensor once more (gradients of the activations, freed layer by layer). ``backbone.checkpointing`` is measured by the same probe;
 - the input batch (uint8 images and their float copy);
 - class vectors, their gradient and optimiser state: ceil(C / ranks) x d in ``head.class_dtype``;
@@ -85,6 +85,7 @@ class RunShape:
     prefetch: int
     checkpointing: bool = False
     can_checkpoint: bool = False
+    recompute_per_image: float = 0.0  # checkpointing: one block's activations, rebuilt in the backward pass
 
 
 @dataclass
@@ -170,7 +171,8 @@ def _class_rows(s: RunShape) -> tuple[int, int]:
     local = math.ceil(s.classes / s.ranks)
     if s.sample_rate >= 1.0:
         return local, local
-    k = max(math.ceil(s.sample_rate * local), min(local, s.batch * s.ranks))
+    positives = math.ceil(s.batch * s.ranks * local / s.classes)  # the batch's classes that fall in this shard (expected)
+    k = max(math.ceil(s.sample_rate * local), min(local, positives))
     return local, min(local, k)
 
 
@@ -189,15 +191,16 @@ def estimate(s: RunShape) -> tuple[list[Item], float, str]:
         Item("class optimiser state", local * d * cbytes * s.optimizer_state,
              f"{s.optimizer_state:g} x {local:,} x {d} {s.class_dtype}", "always"),
     ]
-    if half:
-        items.append(Item("autocast weight copies", 2 * s.params, f"the weights in {s.precision}, cast per forward",
-                          "backward"))
     act = s.act_fixed + s.act_per_image * s.batch
     items += [
         Item("activations", act, f"{s.act_per_image / 2**20:.2f} MiB per image x {s.batch} (probe"
-             + (", checkpointed" if s.checkpointing else "") + ")", "backward"),
-        Item("backward working set", s.largest_saved_per_image * s.batch, "the largest saved tensor once more",
-             "backward-transient"),
+             + (", checkpointed" if s.checkpointing else "")
+             + (f"; with autocast's {s.precision} weight copies, {s.act_fixed / GIB:.3f} GiB" if half else "") + ")",
+             "backward"),
+        Item("backward working set", max(s.largest_saved_per_image,
+                                         s.recompute_per_image if s.checkpointing else 0.0) * s.batch,
+             "one block recomputed" if s.checkpointing and s.recompute_per_image > s.largest_saved_per_image
+             else "the largest saved tensor once more", "backward-transient"),
         Item("input batch", s.batch * 3 * h * w * (1 + 4), f"{s.batch} x 3 x {h} x {w} uint8 + float32", "backward"),
         Item("backbone gradients", 4 * s.trainable, f"{s.trainable:,} float32", "gradients"),
         Item("class-vector gradient", local * d * cbytes, f"{local:,} x {d} {s.class_dtype}", "gradients"),
@@ -312,16 +315,18 @@ def probe_activations(backbone: torch.nn.Module, precision: str, sizes: tuple[in
     """
     params = {p.untyped_storage().data_ptr() for p in backbone.parameters()}
     h, w = backbone.input_size
-    totals, largest = [], []
+    totals, shapes = [], []
     backbone.train()
     for b in sizes:
         seen: dict[int, int] = {}
+        shaped: dict[tuple, int] = {}
 
         def pack(t: torch.Tensor):
             st = t.untyped_storage()
             ptr = st.data_ptr()
             if ptr not in params and t.device.type != "meta":
                 seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
+                shaped[tuple(t.shape)] = max(shaped.get(tuple(t.shape), 0), st.nbytes())
             return t
 
         x = torch.zeros(b, 3, h, w).normal_()
@@ -330,10 +335,13 @@ def probe_activations(backbone: torch.nn.Module, precision: str, sizes: tuple[in
             out = backbone(x)
         del out
         totals.append(sum(seen.values()))
-        largest.append(max(seen.values(), default=0))
+        shapes.append(shaped)
     (b0, b1), (t0, t1) = sizes, totals
     per_image = max(0.0, (t1 - t0) / (b1 - b0))
-    return per_image, max(0.0, t0 - per_image * b0), largest[1] / b1
+    # the largest tensor that grows with the batch: shapes of the larger probe not seen in the smaller one (autocast's
+    # weight copies, the same in both, are left out)
+    largest = max((n for shape, n in shapes[1].items() if shape not in shapes[0]), default=0)
+    return per_image, max(0.0, t0 - per_image * b0), largest / b1
 
 
 class _null:
@@ -442,13 +450,20 @@ def run_shape(cfg: DictConfig, classes: int | None = None, ranks: int | None = N
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     largest = max((p.numel() for p in backbone.parameters()), default=0)
     per_image, fixed, largest_saved = probe_activations(backbone, precision)
-    checkpointed = None
+    checkpointed, recompute = None, 0.0
     can_checkpoint = hasattr(backbone, "checkpointing")
     if can_checkpoint:
         was = backbone.checkpointing
         backbone.checkpointing = True
         checkpointed = probe_activations(backbone, precision)
         backbone.checkpointing = was
+        blocks = len(getattr(backbone, "blocks", ())) or 1
+        plain_per_image = per_image if not was else None
+        if plain_per_image is None:  # the configured run checkpoints: probe the plain forward for a block's share
+            backbone.checkpointing = False
+            plain_per_image = probe_activations(backbone, precision)[0]
+            backbone.checkpointing = True
+        recompute = max(0.0, plain_per_image - checkpointed[0]) / blocks
     state, copies = optimizer_state_per_param(build("optim", cfg.optim))
     head = cfg.head
     loader = cfg.data.loader
@@ -463,7 +478,8 @@ def run_shape(cfg: DictConfig, classes: int | None = None, ranks: int | None = N
         chunk_size=head.get("chunk_size", "auto"), memory_budget_mb=float(head.get("memory_budget_mb", 256)),
         class_dtype=str(head.get("class_dtype", "float32")),
         workers=resolve_workers(loader.num_workers), prefetch=int(loader.prefetch_factor),
-        checkpointing=bool(getattr(backbone, "checkpointing", False)), can_checkpoint=can_checkpoint)
+        checkpointing=bool(getattr(backbone, "checkpointing", False)), can_checkpoint=can_checkpoint,
+        recompute_per_image=recompute)
     if checkpointed is not None:
         shape.checkpointed = checkpointed  # type: ignore[attr-defined]
     return shape
