@@ -106,6 +106,8 @@ class TrainerConfig:
     dist_timeout: float = 60.0  # seconds the ranks of a torchrun job wait for each other to join
     watchdog: str = "warn"  # warn | stop | off: checks that the run is learning (frtrain.engine.watchdog)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate as a share of optim.lr (fine-tuning: e.g. 0.1)
+    head_warmup_steps: int = 0  # fine-tuning: the first N steps train the head only (backbone frozen, in eval mode)
     plan: Union[bool, str] = "auto"  # memory plan before the first step: true | false | auto (on CUDA only)
     device_memory_gb: Optional[float] = None  # the plan's device memory (null: the GPU's, or the available RAM)
     plan_classes: Optional[int] = None  # the plan's class count (null: from the data's index, without its images)
@@ -137,6 +139,10 @@ class TrainerConfig:
                  self.threads, "auto or a positive integer")
         _require(self.dist_timeout > 0, "trainer.dist_timeout", self.dist_timeout, "a positive number of seconds")
         _require(self.watchdog in ("warn", "stop", "off"), "trainer.watchdog", self.watchdog, "warn, stop or off")
+        _require(self.backbone_lr_scale >= 0, "trainer.backbone_lr_scale", self.backbone_lr_scale,
+                 "a non-negative share of optim.lr")
+        _require(self.head_warmup_steps >= 0, "trainer.head_warmup_steps", self.head_warmup_steps,
+                 "0 or a number of steps")
         _require(self.plan in (True, False, "auto"), "trainer.plan", self.plan, "true, false or auto")
         _require(self.device_memory_gb is None or self.device_memory_gb > 0, "trainer.device_memory_gb",
                  self.device_memory_gb, "a positive number of GiB or null")
@@ -481,6 +487,7 @@ def validate_train(cfg: DictConfig, for_plan: bool = False) -> None:
         raise ConfigError("eval.analysis reads training images by index; data=wds streams them (run frtrain-analyze "
                           "on a folder or .rec instead)")
     backbone = dry_build("backbone", cfg.backbone)
+    check_finetuning(cfg, backbone)
     dry_build("head", cfg.head, embedding_size=int(backbone.embedding_size), num_classes=1_000_000)
     check_node("data", cfg.data, exclude=("loader",), input_size=tuple(backbone.input_size))
     if not (for_plan and cfg.trainer.get("plan_classes")):
@@ -496,6 +503,27 @@ def validate_train(cfg: DictConfig, for_plan: bool = False) -> None:
     if isinstance(warmup, (int, float)) and cfg.trainer.max_steps is None and warmup >= cfg.trainer.epochs > 0:
         raise ConfigError(f"sched.warmup_epochs={warmup}: the warm-up is as long as the run or longer "
                           f"(trainer.epochs={cfg.trainer.epochs}); shorten it")
+
+
+def check_finetuning(cfg: DictConfig, backbone) -> None:
+    """backbone.freeze and backbone.lora: their values, and their patterns against the backbone built on the meta device
+    (a pattern that matches no parameter or layer is named); LoRA needs PEFT."""
+    from frtrain.engine import finetune
+
+    freeze, lora = finetune.options(cfg.backbone)
+    if backbone is None:
+        return
+    if freeze:
+        finetune.matching([n for n, _ in backbone.named_parameters()], freeze, "backbone.freeze")
+    import torch.nn as nn
+
+    layers = [n for n, m in backbone.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and n]
+    finetune.matching(layers, lora["targets"], "backbone.lora.targets")  # a typo is named even with LoRA off
+    if lora["rank"]:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise ConfigError("backbone.lora.rank > 0 needs PEFT: pip install peft") from None
 
 
 #: what a training reader expects under data.root, by target

@@ -28,6 +28,7 @@ from frtrain.data.loader import ResumableBatchSampler, make_loader
 from frtrain.data.shard_stream import ShardFaces, ShardLoader, ShardStream
 from frtrain.runtime import resolve_device, resolve_threads, resolve_workers
 from frtrain.engine import checkpoint as ckpt_io
+from frtrain.engine import finetune
 from frtrain.engine.build import build, build_benchmarks, embed_options
 from frtrain.engine.memory_plan import check_before_training
 from frtrain.evaluation.provenance import model_record, resolved_nodes, settings_provenance
@@ -106,6 +107,7 @@ def build_trainer(cfg: DictConfig, out_dir: str):
     device = resolve_device(opts.device)
 
     backbone = check_backbone(build("backbone", cfg.backbone), "backbone")
+    tuning = finetune.apply(backbone, cfg.backbone)  # backbone.freeze, backbone.lora: before the optimiser sees it
     dataset = build("data", cfg.data, exclude=("loader",), input_size=backbone.input_size)
     head = build("head", cfg.head, embedding_size=backbone.embedding_size, num_classes=dataset.num_classes)
     backbone, head = backbone.to(device), head.to(device)
@@ -121,11 +123,16 @@ def build_trainer(cfg: DictConfig, out_dir: str):
                              generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch, total_steps = schedule_length(sampler.batches_per_epoch, opts)
     backbone_params = [p for p in backbone.parameters() if p.requires_grad]
-    optimizer = build("optim", cfg.optim)([{"params": backbone_params}] + head.param_groups())
+    # trainer.backbone_lr_scale: the backbone's share of optim.lr (1.0: the plain group of every run before it)
+    backbone_group = {"params": backbone_params}
+    if opts.backbone_lr_scale != 1.0:
+        backbone_group["lr"] = float(cfg.optim.lr) * opts.backbone_lr_scale
+    optimizer = build("optim", cfg.optim)(([backbone_group] if backbone_params else []) + head.param_groups())
     schedule = build("sched", cfg.sched)(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     benchmarks = build_benchmarks(config.benchmark_nodes(cfg))
-    meta = model_meta(OmegaConf.to_container(cfg.backbone, resolve=True),
+    finetune.log_counts(tuning, head)
+    meta = model_meta(finetune.constructor_node(cfg.backbone),
                       OmegaConf.to_container(cfg.head, resolve=True), backbone, dataset.num_classes)
     log.info("output directory: %s; %d CPU threads, %d loader workers; head: %s", out_dir,
              torch.get_num_threads(), workers, head)
@@ -142,7 +149,7 @@ def run_provenance(cfg: DictConfig, backbone) -> dict:
     """The provenance results.json records: the evaluation settings, the benchmarks' files and the backbone's input
     convention (its checkpoints are written as it trains; their hashes are not part of the scores' record)."""
     record = settings_provenance(OmegaConf.to_container(cfg.eval, resolve=True), None, resolved_nodes(cfg))
-    record["model"] = model_record("", backbone, {"backbone": OmegaConf.to_container(cfg.backbone, resolve=True)})
+    record["model"] = model_record("", backbone, {"backbone": finetune.constructor_node(cfg.backbone)})
     return record
 
 

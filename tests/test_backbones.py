@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from frtrain.backbones import IResNet, MobileFaceNet, TimmBackbone
+from frtrain.backbones import FaceViT, IResNet, MobileFaceNet, TimmBackbone
 from frtrain.errors import ConfigError
 
 from conftest import ASSETS
@@ -50,6 +50,8 @@ SMALL = {
     "mobilefacenet": lambda: MobileFaceNet(embedding_size=128, input_size=56),
     "mobilefacenet_112": lambda: MobileFaceNet(embedding_size=512, input_size=112),
     "timm_resnet18": lambda: TimmBackbone("resnet18", embedding_size=64, input_size=56),
+    "vit_small": lambda: FaceViT(None, embed_dim=32, depth=2, num_heads=4, patch_size=7, input_size=56, embedding_size=64,
+                                 drop_path_rate=0.1, mask_ratio=0.25),
 }
 
 

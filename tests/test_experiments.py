@@ -59,8 +59,13 @@ PAPERS = {
 }
 
 
+#: experiments pinned in other files: insightface's ViT recipes (tests/test_vit.py), the fine-tuning example
+#: (tests/test_finetune.py)
+ELSEWHERE = {"vit_t_wf42m", "vit_s_wf42m", "vit_b_wf42m", "vit_l_wf42m", "finetune_lfw_lora"}
+
+
 def test_every_experiment_file_is_pinned_here():
-    assert set(PAPERS) == set(EXPERIMENTS)
+    assert set(PAPERS) | ELSEWHERE == set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", sorted(PAPERS))

@@ -114,7 +114,7 @@ def test_the_command_line_refuses_in_one_line_naming_the_file_and_the_target(tmp
         assert r.stderr.strip().splitlines() == [
             f"{module.replace('frtrain.evaluate', 'frtrain-eval').replace('frtrain.export', 'frtrain-export')}: error: "
             f"{ckpt}: refused: its backbone record names 'torch.load', which is not one of frtrain's backbones "
-            "(frtrain.backbones.IResNet, frtrain.backbones.MobileFaceNet, frtrain.backbones.TimmBackbone); "
+            "(frtrain.backbones.FaceViT, frtrain.backbones.IResNet, frtrain.backbones.MobileFaceNet, frtrain.backbones.TimmBackbone); "
             "a checkpoint cannot choose code to run"]
         assert not marker.exists()
 

@@ -7,9 +7,10 @@ and ``embedding_size``; the data transforms and the evaluator derive their prepr
 from frtrain.backbones.iresnet import IResNet
 from frtrain.backbones.mobilefacenet import MobileFaceNet
 from frtrain.backbones.timm_backbone import TimmBackbone
+from frtrain.backbones.vit import FaceViT
 
 #: the one registry of backbones: the classes a checkpoint's record may name (the allow-list of
 #: :mod:`frtrain.engine.model_record` is derived from it) and a config's ``_target_`` should name (tested)
-BACKBONES = (IResNet, MobileFaceNet, TimmBackbone)
+BACKBONES = (IResNet, MobileFaceNet, TimmBackbone, FaceViT)
 
 __all__ = ["BACKBONES"] + [cls.__name__ for cls in BACKBONES]

@@ -124,7 +124,12 @@ def _plain(group: str, node) -> dict:
 
 
 def _prepare(group: str, node, exclude: tuple[str, ...], runtime: dict) -> tuple[Any, dict, dict]:
-    """(target, constructor config, runtime kwargs it accepts), every key checked."""
+    """(target, constructor config, runtime kwargs it accepts), every key checked. A backbone node's fine-tuning
+    options (:data:`frtrain.engine.finetune.BACKBONE_OPTIONS`) are not its constructor's: left out here."""
+    if group == "backbone":
+        from frtrain.engine.finetune import BACKBONE_OPTIONS
+
+        exclude = tuple(exclude) + BACKBONE_OPTIONS
     cfg = {k: v for k, v in _plain(group, node).items() if k not in exclude}
     target_name = cfg["_target_"]
     try:

@@ -154,6 +154,8 @@ def checked_checkpoint(ckpt, path: str) -> dict:
     if "model" not in ckpt:
         raise CheckpointError(f"{path}: has no 'model' field (the backbone's weights)")
     fields.tensor_mapping(ckpt["model"], path, "model", allow_empty=False)
+    if ckpt.get("model_adapted") is not None:  # a LoRA run's adapted backbone (frtrain.engine.finetune)
+        fields.tensor_mapping(ckpt["model_adapted"], path, "model_adapted", allow_empty=False)
     if ckpt.get("head") is not None:
         fields.tensor_mapping(ckpt["head"], path, "head")
     if meta.get("backbone") is not None:
@@ -178,6 +180,21 @@ def latest_checkpoint(run_dir: str) -> str | None:
         if found:
             return found[-1][1]
     return None
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file, or a run directory's ``checkpoints/best.pt`` (else its newest step-N.pt, said in the log)."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.isdir(path):
+        for candidate in (os.path.join(path, "checkpoints", "best.pt"), os.path.join(path, "best.pt")):
+            if os.path.isfile(candidate):
+                return candidate
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"{path}: a directory with no checkpoints/best.pt and no step-N.pt checkpoint")
+        log.warning("%s has no best.pt (no evaluation selected one): using its newest checkpoint %s", path, latest)
+        return latest
+    return path
 
 
 def prune(directory: str, keep_last: int) -> None:
@@ -343,20 +360,23 @@ class Checkpointer:
     def init_weights(self, backbone, head, path: str) -> None:
         """Start from another model's weights (fine-tuning): ``trainer.init_from``.
 
-        ``path``: a frtrain checkpoint (also one imported from insightface), or a plain backbone state dict
+        ``path``: a frtrain checkpoint or run directory (also one imported from insightface), or a plain backbone state dict
         (insightface's ``backbone.pth``, float16 allowed). The backbone must match exactly (strict load). The
         head's class vectors are taken when the checkpoint has a ``weight`` of this head's shape and
         ``trainer.init_head`` is true; a different class count is an error naming both numbers. Heads that
         keep nothing of that shape start fresh, and the log says so. Optimiser, schedule and step start anew.
         """
-        path = os.path.abspath(os.path.expanduser(path))
+        path = resolve_checkpoint(path)  # a run directory: its best.pt, else its newest step-N.pt
         obj = load_file(path)
+        from frtrain.engine.finetune import adapted_state_from_plain
+
         if isinstance(obj, dict) and obj.get("format") == FORMAT:
             obj = checked_checkpoint(obj, path)
-            load_state_checked(backbone, obj["model"], path, "backbone")
+            load_state_checked(backbone, adapted_state_from_plain(backbone, obj["model"]), path, "backbone")
             head_state = obj.get("head") or {}
         else:
-            load_state_checked(backbone, plain_state_dict(obj, path), path, "backbone")
+            load_state_checked(backbone, adapted_state_from_plain(backbone, plain_state_dict(obj, path)), path,
+                               "backbone")
             head_state = {}
         weight = head_state.get("weight")
         own = getattr(head, "weight", None)

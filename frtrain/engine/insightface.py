@@ -26,15 +26,14 @@ _RANK_FILE = re.compile(r"checkpoint_gpu_(\d+)\.pt$")
 def load_backbone_file(path: str, backbone_cfg) -> tuple[torch.nn.Module, dict]:
     """(backbone in eval mode, meta) from an insightface-style ``backbone.pth`` and a backbone config
     (the user's config: a plain state dict says nothing of its network)."""
-    from omegaconf import OmegaConf
-
     from frtrain.engine.build import build
 
     state = plain_state_dict(ckpt_io.load_file(path), path)
     backbone = build("backbone", backbone_cfg)
     ckpt_io.load_state_checked(backbone, state, path, "backbone")
-    cfg = OmegaConf.to_container(backbone_cfg, resolve=True) if not isinstance(backbone_cfg, dict) else backbone_cfg
-    return backbone.eval(), {"backbone": cfg, "format": "plain state dict"}
+    from frtrain.engine.finetune import constructor_node
+
+    return backbone.eval(), {"backbone": constructor_node(backbone_cfg), "format": "plain state dict"}
 
 
 def rank_files(directory: str) -> list[str]:

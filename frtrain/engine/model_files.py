@@ -12,27 +12,12 @@ import os
 
 import torch
 
-from frtrain.engine.checkpoint import (FORMAT, checked_checkpoint, latest_checkpoint, load_checkpoint, load_file,
-                                       load_state_checked)
+from frtrain.engine.checkpoint import (FORMAT, checked_checkpoint, load_checkpoint, load_file,  # noqa: F401
+                                       load_state_checked, resolve_checkpoint)
 from frtrain.engine.model_record import rebuild_backbone
 from frtrain.errors import CheckpointError
 
 log = logging.getLogger("frtrain")
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file, or a run directory's ``checkpoints/best.pt`` (else its newest step-N.pt, said in the log)."""
-    path = os.path.abspath(os.path.expanduser(str(path)))
-    if os.path.isdir(path):
-        for candidate in (os.path.join(path, "checkpoints", "best.pt"), os.path.join(path, "best.pt")):
-            if os.path.isfile(candidate):
-                return candidate
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointError(f"{path}: a directory with no checkpoints/best.pt and no step-N.pt checkpoint")
-        log.warning("%s has no best.pt (no evaluation selected one): using its newest checkpoint %s", path, latest)
-        return latest
-    return path
 
 
 def load_backbone(path: str, ckpt: dict | None = None) -> tuple[torch.nn.Module, dict]:

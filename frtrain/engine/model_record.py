@@ -70,7 +70,9 @@ def check_backbone_record(record, path: str) -> tuple[type, dict]:
         raise CheckpointError(f"{path}: refused: its backbone record names {target!r}, which is not one of "
                               f"frtrain's backbones ({', '.join(names)}); a checkpoint cannot choose code to run")
     cls = allowed[target]
-    kwargs = {k: v for k, v in record.items() if k != "_target_"}
+    from frtrain.engine.finetune import BACKBONE_OPTIONS  # fine-tuning options (freeze, lora): not the class's
+
+    kwargs = {k: v for k, v in record.items() if k != "_target_" and k not in BACKBONE_OPTIONS}
     _plain_value(kwargs, "backbone", path)
     params = inspect.signature(cls).parameters
     for key in kwargs:

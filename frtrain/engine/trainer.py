@@ -26,6 +26,7 @@ from frtrain.data.base import CorruptImages
 from frtrain.data.transforms import normalize_batch
 from frtrain.engine import checkpoint as ckpt_io
 from frtrain.engine import checkpoint_fields as fields
+from frtrain.engine import finetune
 from frtrain.engine import sharded_state
 from frtrain.engine.interrupts import InterruptGuard
 from frtrain.engine.model_record import check_compatible
@@ -144,8 +145,12 @@ class Trainer:
             return None
         return {
             "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "meta": self.meta,
-            # contiguous: the standard layout, whatever the training layout (trainer.channels_last)
-            "model": {k: v.contiguous() for k, v in self.backbone.state_dict().items()}, "head": head,
+            # contiguous: the standard layout, whatever the training layout (trainer.channels_last); plain weights
+            # (LoRA merged) for every reader, and a LoRA run's adapted state to resume from
+            "model": {k: v.contiguous() for k, v in finetune.plain_state_dict(self.backbone).items()},
+            **({"model_adapted": {k: v.contiguous() for k, v in self.backbone.state_dict().items()}}
+               if finetune.has_lora(self.backbone) else {}),
+            "head": head,
             # the schedule is a function of the step: only that number is stored (LambdaLR.load_state_dict would copy
             # a file's entries into the scheduler object's attributes)
             "optimizer": optimizer, "lr_scheduler": {"last_epoch": int(self.scheduler.last_epoch)},
@@ -164,7 +169,14 @@ class Trainer:
         states = fields.check_rng(ckpt["rng"], path)
         schedule_step = fields.scheduler_step(ckpt["lr_scheduler"], path)
         fields.check_grad_scaler(ckpt["grad_scaler"], path)
-        ckpt_io.load_state_checked(self.backbone, ckpt["model"], path, "backbone")
+        if finetune.has_lora(self.backbone):
+            if "model_adapted" not in ckpt:
+                raise CheckpointError(f"{path}: has no LoRA adapters ('model_adapted'); this run adds them "
+                                      "(backbone.lora.rank): start it with trainer.init_from instead")
+            fields.tensor_mapping(ckpt["model_adapted"], path, "model_adapted")
+            ckpt_io.load_state_checked(self.backbone, ckpt["model_adapted"], path, "backbone")
+        else:
+            ckpt_io.load_state_checked(self.backbone, ckpt["model"], path, "backbone")
         ckpt_io.load_state_checked(self.head, sharded_state.load_head(self.head, ckpt["head"], path), path, "head")
         optimizer_state = sharded_state.load_optimizer(self.optimizer, self.head, ckpt["optimizer"], path)
         fields.check_optimizer(optimizer_state, self.optimizer, path)
@@ -231,7 +243,10 @@ class Trainer:
         x = normalize_batch(images.to(self.device, non_blocking=True), self.backbone.mean, self.backbone.std)
         if self.opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.autocast():
+        warmup = self.state.step < self.opts.head_warmup_steps  # fine-tuning: the head learns on a frozen backbone
+        if warmup != (not self.backbone.training):
+            self.backbone.train(not warmup)
+        with self.autocast(), (torch.no_grad() if warmup else contextlib.nullcontext()):
             embeddings = self.model(x)
         labels = labels.to(self.device, non_blocking=True)
         loss = self.head(embeddings, labels)

@@ -88,7 +88,8 @@ PROTOCOLS = {
     "rfw_benchmark": "RFW, 10-fold accuracy per group (the mean as headline)",
     "tinyface_benchmark": "TinyFace, rank-k against Gallery_Match + Gallery_Distractor",
 }
-NO_PROTOCOL = {"ifrt": "no protocol: IFRT is insightface's own test set, not distributed (rfw scores the same four "
+NO_PROTOCOL = {"mfr_all": "no protocol: MFR-ALL is insightface's MFR test server (its images are not distributed)",
+               "ifrt": "no protocol: IFRT is insightface's own test set, not distributed (rfw scores the same four "
                        "groups on another test set, not comparable)"}
 
 
