@@ -452,18 +452,14 @@ def run_shape(cfg: DictConfig, classes: int | None = None, ranks: int | None = N
     per_image, fixed, largest_saved = probe_activations(backbone, precision)
     checkpointed, recompute = None, 0.0
     can_checkpoint = hasattr(backbone, "checkpointing")
-    if can_checkpoint:
+    if can_checkpoint:  # the other setting's figures: for the suggestion, and one block's recompute
         was = backbone.checkpointing
-        backbone.checkpointing = True
-        checkpointed = probe_activations(backbone, precision)
+        backbone.checkpointing = not was
+        other = probe_activations(backbone, precision)
         backbone.checkpointing = was
-        blocks = len(getattr(backbone, "blocks", ())) or 1
-        plain_per_image = per_image if not was else None
-        if plain_per_image is None:  # the configured run checkpoints: probe the plain forward for a block's share
-            backbone.checkpointing = False
-            plain_per_image = probe_activations(backbone, precision)[0]
-            backbone.checkpointing = True
-        recompute = max(0.0, plain_per_image - checkpointed[0]) / blocks
+        configured = (per_image, fixed, largest_saved)
+        plain, checkpointed = (other, configured) if was else (configured, other)
+        recompute = max(0.0, plain[0] - checkpointed[0]) / (len(getattr(backbone, "blocks", ())) or 1)
     state, copies = optimizer_state_per_param(build("optim", cfg.optim))
     head = cfg.head
     loader = cfg.data.loader
