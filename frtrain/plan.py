@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--json"]
     if not any(a in ("-h", "--help", "--hydra-help") for a in argv):  # a plan writes nothing: no run directory, no log
         argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra.job_logging.handlers.file.filename=" + os.devnull,
+                 "hydra.job_logging.handlers.console.stream=ext://sys.stderr",  # stdout: the plan (or its JSON) only
                  "hydra/hydra_logging=disabled"]
 
     def task(cfg: DictConfig) -> None:

@@ -161,3 +161,18 @@ def test_plan_settings_are_checked():
     for bad in ("trainer.plan=maybe", "trainer.device_memory_gb=-1", "trainer.plan_classes=1", "trainer.plan_ranks=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):
             validate_train(compose_train([bad]))
+
+
+def test_when_no_single_change_fits_the_exact_changes_are_combined_checkpointing_included():
+    s = _shape(ranks=1, classes=2_000_000, chunk_size=0, batch=128, act_per_image=60 * MiB,
+               checkpointed_activations=(6 * MiB, 0.0, 0.5 * MiB))
+    plan = make_plan(s, 12 * GIB, "x")
+    assert plan.fits is False and len(plan.suggestions) == 1
+    overrides, peak = plan.suggestions[0]
+    assert overrides == ["head.chunk_size=auto", "head.memory_budget_mb=64", "head.class_dtype=bfloat16",
+                         "backbone.checkpointing=true"]
+    combined = dataclasses.replace(s, chunk_size="auto", memory_budget_mb=64, class_dtype="bfloat16",
+                                   checkpointing=True, act_per_image=6 * MiB, largest_saved_per_image=0.5 * MiB)
+    assert estimate(combined)[1] == pytest.approx(peak) and peak <= plan.limit
+    without = dataclasses.replace(combined, checkpointing=False, act_per_image=60 * MiB)
+    assert estimate(without)[1] > plan.limit  # checkpointing was needed

@@ -31,6 +31,7 @@ keeps a reserve for it and the allocator's slack).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -43,6 +44,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from frtrain.errors import ConfigError
 from frtrain.heads.chunked import CHUNK_MATRICES, PLAIN_MATRICES, plan as chunk_plan
+
+log = logging.getLogger("frtrain")
 
 GIB = 2**30
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -84,8 +87,9 @@ class RunShape:
     workers: int
     prefetch: int
     checkpointing: bool = False
-    can_checkpoint: bool = False
     recompute_per_image: float = 0.0  # checkpointing: one block's activations, rebuilt in the backward pass
+    #: (bytes per image, fixed bytes, largest per image) of the probe with checkpointing on, when the backbone can
+    checkpointed_activations: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -254,7 +258,7 @@ def _candidates(s: RunShape) -> list[tuple[list[str], dict]]:
         out.append((["head.chunk_size=auto", "head.memory_budget_mb=64"], {"chunk_size": "auto", "memory_budget_mb": 64}))
     if s.class_dtype == "float32":
         out.append((["head.class_dtype=bfloat16"], {"class_dtype": "bfloat16"}))
-    if s.can_checkpoint and not s.checkpointing:
+    if s.checkpointed_activations is not None and not s.checkpointing:
         out.append((["backbone.checkpointing=true"], {"checkpointing": True}))
     for m in (2, 4, 8):
         if s.batch % m == 0 and s.batch // m >= 2:
@@ -272,8 +276,8 @@ def _candidates(s: RunShape) -> list[tuple[list[str], dict]]:
 
 def _with(s: RunShape, change: dict) -> RunShape:
     t = dataclasses.replace(s, **change)
-    if change.get("checkpointing"):  # the probe's checkpointed figures were stored aside
-        t.act_per_image, t.act_fixed, t.largest_saved_per_image = s.checkpointed  # type: ignore[attr-defined]
+    if change.get("checkpointing"):  # the probe's figures with checkpointing on
+        t.act_per_image, t.act_fixed, t.largest_saved_per_image = s.checkpointed_activations
     return t
 
 
@@ -330,7 +334,7 @@ def probe_activations(backbone: torch.nn.Module, precision: str, sizes: tuple[in
             return t
 
         x = torch.zeros(b, 3, h, w).normal_()
-        amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision in ("bf16", "fp16") else _null()
+        amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision in ("bf16", "fp16") else contextlib.nullcontext()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), amp:
             out = backbone(x)
         del out
@@ -342,14 +346,6 @@ def probe_activations(backbone: torch.nn.Module, precision: str, sizes: tuple[in
     # weight copies, the same in both, are left out)
     largest = max((n for shape, n in shapes[1].items() if shape not in shapes[0]), default=0)
     return per_image, max(0.0, t0 - per_image * b0), largest / b1
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def optimizer_state_per_param(optim_factory) -> tuple[float, bool]:
@@ -449,10 +445,11 @@ def run_shape(cfg: DictConfig, classes: int | None = None, ranks: int | None = N
     params = sum(p.numel() for p in backbone.parameters())
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     largest = max((p.numel() for p in backbone.parameters()), default=0)
+    log.info("memory plan: probing %s's activations (CPU forward passes of 2 and 4 images%s)",
+             type(backbone).__name__, ", with and without checkpointing" if hasattr(backbone, "checkpointing") else "")
     per_image, fixed, largest_saved = probe_activations(backbone, precision)
     checkpointed, recompute = None, 0.0
-    can_checkpoint = hasattr(backbone, "checkpointing")
-    if can_checkpoint:  # the other setting's figures: for the suggestion, and one block's recompute
+    if hasattr(backbone, "checkpointing"):  # the other setting's figures: for the suggestion, and one block's recompute
         was = backbone.checkpointing
         backbone.checkpointing = not was
         other = probe_activations(backbone, precision)
@@ -474,10 +471,8 @@ def run_shape(cfg: DictConfig, classes: int | None = None, ranks: int | None = N
         chunk_size=head.get("chunk_size", "auto"), memory_budget_mb=float(head.get("memory_budget_mb", 256)),
         class_dtype=str(head.get("class_dtype", "float32")),
         workers=resolve_workers(loader.num_workers), prefetch=int(loader.prefetch_factor),
-        checkpointing=bool(getattr(backbone, "checkpointing", False)), can_checkpoint=can_checkpoint,
-        recompute_per_image=recompute)
-    if checkpointed is not None:
-        shape.checkpointed = checkpointed  # type: ignore[attr-defined]
+        checkpointing=bool(getattr(backbone, "checkpointing", False)),
+        recompute_per_image=recompute, checkpointed_activations=checkpointed)
     return shape
 
 
@@ -499,7 +494,6 @@ def check_before_training(cfg: DictConfig, out_dir: str | None, ranks: int = 1) 
     if not wanted(cfg):
         return None
     plan = plan_for(cfg, ranks=ranks)
-    log = logging.getLogger("frtrain")
     for line in plan.render().splitlines():
         log.info("%s", line)
     if out_dir:

@@ -244,7 +244,7 @@ class Trainer:
         if self.opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         warmup = self.state.step < self.opts.head_warmup_steps  # fine-tuning: the head learns on a frozen backbone
-        if warmup != (not self.backbone.training):
+        if self.backbone.training == warmup:  # eval mode while the head warms up, training mode after
             self.backbone.train(not warmup)
         with self.autocast(), (torch.no_grad() if warmup else contextlib.nullcontext()):
             embeddings = self.model(x)
